@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-__all__ = ["AudioInterface", "PlaybackCallback", "SAMPLE_RATE", "SAMPLE_WIDTH", "CHANNELS"]
+__all__ = ["CHANNELS", "SAMPLE_RATE", "SAMPLE_WIDTH", "AudioInterface", "PlaybackCallback"]
 
 SAMPLE_RATE = 16000
 SAMPLE_WIDTH = 2

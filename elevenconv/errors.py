@@ -134,7 +134,9 @@ class ServerError(ElevenConvError):
             parts.append(f"type={error_type}")
         if code is not None:
             parts.append(f"code={code}")
-        super().__init__(" ".join(parts) if len(parts) == 1 else f"{parts[0]} ({', '.join(parts[1:])})")
+        super().__init__(
+            " ".join(parts) if len(parts) == 1 else f"{parts[0]} ({', '.join(parts[1:])})"
+        )
 
 
 class ProtocolError(ElevenConvError):
@@ -152,9 +154,11 @@ class RemoteProtocolError(ProtocolError):
     """
 
     def __init__(self, message: str, raw: str | bytes = "") -> None:
-        excerpt = raw[:RAW_EXCERPT_LIMIT]
-        if len(raw) > RAW_EXCERPT_LIMIT:
-            excerpt = excerpt + ("…" if isinstance(excerpt, str) else b"...")
+        excerpt: str | bytes
+        if isinstance(raw, str):
+            excerpt = raw if len(raw) <= RAW_EXCERPT_LIMIT else raw[:RAW_EXCERPT_LIMIT] + "…"
+        else:
+            excerpt = raw if len(raw) <= RAW_EXCERPT_LIMIT else raw[:RAW_EXCERPT_LIMIT] + b"..."
         self.raw = excerpt
         super().__init__(f"{message}: {excerpt!r}")
 

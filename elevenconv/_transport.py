@@ -1,0 +1,225 @@
+"""The socket: websocket-client behind a three-method interface.
+
+A :data:`WebSocketFactory` is ``factory(url, headers) -> socket`` where the socket has
+``send(text)``, ``recv() -> str | bytes`` and ``close()`` (and optionally ``abort()``).
+``recv()`` raises :class:`~elevenconv.errors.ConnectionClosed` when the peer closed
+(any other exception means the connection was lost). The default factory wraps
+``websocket.create_connection``; tests pass :class:`elevenconv.testing.FakeWebSocket`.
+
+Threads: one reader calls ``recv()``; one writer calls ``send()`` and ``close()``;
+``abort()`` may be called from any thread to unblock the reader.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import ssl
+import struct
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import websocket
+
+from elevenconv.errors import (
+    AuthenticationError,
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    ConnectionFailedError,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "WebSocketFactory",
+    "WebSocketLike",
+    "closed_exception",
+    "create_websocket",
+    "redact_url",
+]
+
+log = logging.getLogger("elevenconv")
+
+#: Largest frame accepted from the server (16 MiB); a larger one closes with 1009.
+DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
+
+_SECRET_PARAMS = re.compile(
+    r"((?:conversation_signature|signature|token|api_key|xi-api-key|xi_api_key)=)[^&#\s]*",
+    re.IGNORECASE,
+)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with signature/token/key query values replaced by ``***``; safe to log."""
+    return _SECRET_PARAMS.sub(r"\1***", url)
+
+
+@runtime_checkable
+class WebSocketLike(Protocol):
+    """What the Conversation needs of a socket (see the module docstring)."""
+
+    def send(self, data: str) -> Any: ...
+
+    def recv(self) -> str | bytes: ...
+
+    def close(self) -> Any: ...
+
+
+WebSocketFactory = Callable[[str, Mapping[str, str]], WebSocketLike]
+
+
+def closed_exception(code: int | None, reason: str = "") -> ConnectionClosed:
+    """The :class:`ConnectionClosed` subclass for a close ``code`` (``None``: no frame)."""
+    if code in (1000, 1001):
+        return ConnectionClosedOK(code, reason)
+    return ConnectionClosedError(code, reason)
+
+
+class _FrameTooLarge(websocket.WebSocketProtocolException):
+    pass
+
+
+class _LimitedFrameBuffer(websocket._abnf.frame_buffer):
+    """websocket-client's frame reader with a size limit checked before the payload is read."""
+
+    max_size = DEFAULT_MAX_FRAME_SIZE
+
+    def recv_length(self) -> None:
+        super().recv_length()
+        if self.length is not None and self.length > self.max_size:
+            raise _FrameTooLarge(
+                f"frame of {self.length} bytes exceeds the {self.max_size} byte limit"
+            )
+
+
+class _LimitedWebSocket(websocket.WebSocket):
+    def __init__(
+        self, *args: Any, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        buffer = _LimitedFrameBuffer(self._recv, kwargs.get("skip_utf8_validation", False))
+        buffer.max_size = max_frame_size
+        self.frame_buffer = buffer
+
+
+class WebSocketClientSocket:
+    """A connected websocket-client ``WebSocket`` adapted to :class:`WebSocketLike`."""
+
+    def __init__(self, ws: Any) -> None:
+        self._ws = ws
+
+    def send(self, data: str) -> None:
+        self._ws.send(data)
+
+    def recv(self) -> str | bytes:
+        """The next text (str) or binary (bytes) message. Pings are answered inside.
+
+        Raises :class:`ConnectionClosed` with the peer's code and reason on a close
+        frame, :class:`ConnectionClosedError` (code 1009) on an oversized frame and
+        (code ``None``) when the connection dropped.
+        """
+        try:
+            opcode, data = self._ws.recv_data()
+        except _FrameTooLarge as exc:
+            self._close_quietly(1009, "message too big")
+            raise ConnectionClosedError(1009, str(exc)) from exc
+        except websocket.WebSocketProtocolException as exc:
+            self._close_quietly(1002, "protocol error")
+            raise ConnectionClosedError(1002, f"WebSocket protocol error: {exc}") from exc
+        except (websocket.WebSocketConnectionClosedException, OSError, ValueError) as exc:
+            raise ConnectionClosedError(None, "connection lost") from exc
+        if opcode == websocket.ABNF.OPCODE_TEXT:
+            if isinstance(data, bytes):
+                return data.decode("utf-8", "replace")
+            return str(data)
+        if opcode == websocket.ABNF.OPCODE_BINARY:
+            return bytes(data)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            payload = bytes(data.data if hasattr(data, "data") else data)
+            code: int | None = 1005  # "no status received"
+            reason = ""
+            if len(payload) >= 2:
+                code = struct.unpack("!H", payload[:2])[0]
+                reason = payload[2:].decode("utf-8", "replace")
+            raise closed_exception(code, reason)
+        raise ConnectionClosedError(None, f"unexpected opcode {opcode}")
+
+    def close(self) -> None:
+        """Send a close frame (1000) without waiting; the reader sees the reply."""
+        self._close_quietly(1000, "")
+
+    def _close_quietly(self, code: int, reason: str) -> None:
+        try:
+            self._ws.send_close(code, reason.encode())
+        except Exception:
+            log.debug("close frame not sent: socket already closed")
+
+    def abort(self) -> None:
+        """Shut the TCP socket down at once; wakes a reader blocked in ``recv()``."""
+        sock = getattr(self._ws, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        try:
+            self._ws.shutdown()
+        except Exception:
+            log.debug("socket already closed")
+
+
+def create_websocket(
+    url: str,
+    headers: Mapping[str, str],
+    *,
+    connect_timeout: float = 10.0,
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    sslopt: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> WebSocketClientSocket:
+    """Open a WebSocket with websocket-client (the default factory).
+
+    TLS certificates are verified unless ``sslopt`` says otherwise
+    (``{"cert_reqs": ssl.CERT_NONE}``, which logs a warning). ``options`` go to
+    ``websocket.create_connection`` as they are (``http_proxy_host``,
+    ``http_proxy_port``, ``proxy_type``, ``http_proxy_auth``, ...).
+
+    Raises :class:`AuthenticationError` on HTTP 401/403 and
+    :class:`ConnectionFailedError` on any other failure; messages never contain
+    the URL's secrets.
+    """
+    sslopt = dict(sslopt or {})
+    if sslopt.get("cert_reqs") == ssl.CERT_NONE:
+        log.warning("TLS certificate verification is DISABLED for %s: insecure", redact_url(url))
+    safe_url = redact_url(url)
+    try:
+        ws = websocket.create_connection(
+            url,
+            header=[f"{k}: {v}" for k, v in headers.items()],
+            timeout=connect_timeout,
+            sslopt=sslopt,
+            enable_multithread=True,
+            class_=_LimitedWebSocket,
+            max_frame_size=max_frame_size,
+            **options,
+        )
+    except websocket.WebSocketBadStatusException as exc:
+        status = getattr(exc, "status_code", None)
+        if status in (401, 403):
+            raise AuthenticationError(
+                f"the server refused the conversation (HTTP {status}) at {safe_url}: check the "
+                "API key, that the agent exists, and use a fresh signed URL",
+                status,
+            ) from None
+        raise ConnectionFailedError(
+            f"WebSocket handshake refused (HTTP {status}) at {safe_url}", status
+        ) from None
+    except (OSError, websocket.WebSocketException) as exc:
+        raise ConnectionFailedError(
+            f"could not connect to {safe_url}: {type(exc).__name__}: {redact_url(str(exc))}"
+        ) from None
+    # The connect timeout must not become a read timeout: the reader blocks until data
+    # or close, and shutdown() is what wakes it.
+    ws.settimeout(None)
+    return WebSocketClientSocket(ws)

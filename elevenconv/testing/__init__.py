@@ -1,0 +1,27 @@
+"""Test helpers for applications built on elevenconv.
+
+* :class:`FakeWebSocket` -- an in-memory socket to pass as ``websocket_factory``: push
+  server messages, read what the client sent, close from the server side. No network.
+* :class:`AgentSimulator` -- a protocol-faithful agent on a real loopback WebSocket
+  server (needs the ``testing`` extra: ``pip install "elevenconv[testing]"``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from elevenconv.testing._fake import FakeWebSocket
+
+if TYPE_CHECKING:
+    from elevenconv.testing._simulator import AgentSimulator, Step
+
+__all__ = ["AgentSimulator", "FakeWebSocket", "Step"]
+
+
+def __getattr__(name: str) -> Any:
+    # The simulator needs the optional ``websockets`` package: import it on first use only.
+    if name in ("AgentSimulator", "Step"):
+        from elevenconv.testing import _simulator
+
+        return getattr(_simulator, name)
+    raise AttributeError(f"module 'elevenconv.testing' has no attribute {name!r}")
