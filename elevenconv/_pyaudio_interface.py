@@ -194,7 +194,7 @@ class DefaultAudioInterface(AudioInterface):
         self.output_config: _DeviceConfig | None = None
 
         # -- microphone ------------------------------------------------------------------
-        self._in_queue: queue.Queue[object] = queue.Queue(maxsize=max_input_queue)
+        self._in_queue: queue.Queue[object] = queue.Queue(maxsize=max_input_queue + 1)
         self._in_resampler: PcmResampler | None = None
         #: Microphone chunks dropped because ``input_callback`` fell behind.
         self.input_dropped = 0
@@ -441,19 +441,19 @@ class DefaultAudioInterface(AudioInterface):
         if in_data:
             chunk = bytes(in_data)
             q = self._in_queue
-            try:
-                q.put_nowait(chunk)
-            except queue.Full:
-                # Drop the oldest: the freshest audio matters most for a live conversation.
+            # Only this callback produces while the stream runs, and the queue has one
+            # slot more than the limit (for stop()'s sentinel), so put_nowait cannot fail.
+            if q.qsize() >= self.max_input_queue:
+                # Drop the oldest: the freshest audio matters most in a live conversation.
                 try:
                     q.get_nowait()
                     self.input_dropped += 1
                 except queue.Empty:
                     pass
-                try:
-                    q.put_nowait(chunk)
-                except queue.Full:
-                    self.input_dropped += 1
+            try:
+                q.put_nowait(chunk)
+            except queue.Full:
+                self.input_dropped += 1
         return None, _PA_CONTINUE
 
     def _mic_loop(self) -> None:
@@ -498,30 +498,40 @@ class DefaultAudioInterface(AudioInterface):
             pcm = bytes(audio)
             if self._out_resampler is not None:
                 pcm = self._out_resampler.process(pcm)
-            config = self.output_config
-            if config is not None and config.channels != 1:
-                pcm = _from_mono(pcm[: len(pcm) - len(pcm) % 2], config.channels)
-            data = self._out_carry + pcm if self._out_carry else pcm
-            size = self._out_bytes
-            full = len(data) - len(data) % size
-            generation = self._generation
-            out_queue = self._out_queue
-            limit = self._max_out_buffers
-            if full:
-                self._drained.clear()
-            for start in range(0, full, size):
-                if len(out_queue) >= limit:
-                    try:
-                        out_queue.popleft()
-                        self.output_dropped += 1
-                    except IndexError:
-                        pass
-                out_queue.append((generation, data[start : start + size]))
-            self._out_carry = data[full:]
-            if self._out_carry:
-                self._drained.clear()
-            if self.output_dropped and full:
-                logger.debug("speaker queue over %.1f s: dropped oldest", self.max_output_buffer_s)
+            self._enqueue_locked(pcm)
+
+    def _enqueue_locked(self, pcm: bytes) -> None:
+        """Cut device-rate mono ``pcm`` into device buffers and queue them (lock held)."""
+        config = self.output_config
+        if config is not None and config.channels != 1:
+            pcm = _from_mono(pcm[: len(pcm) - len(pcm) % 2], config.channels)
+        data = self._out_carry + pcm if self._out_carry else pcm
+        size = self._out_bytes
+        full = len(data) - len(data) % size
+        generation = self._generation
+        out_queue = self._out_queue
+        limit = self._max_out_buffers
+        dropped = 0
+        if full:
+            self._drained.clear()
+        for start in range(0, full, size):
+            if len(out_queue) >= limit:
+                try:
+                    out_queue.popleft()
+                    dropped += 1
+                except IndexError:
+                    pass
+            out_queue.append((generation, data[start : start + size]))
+        self._out_carry = data[full:]
+        if self._out_carry:
+            self._drained.clear()
+        if dropped:
+            self.output_dropped += dropped
+            logger.warning(
+                "speaker queue over max_output_buffer_s=%.1f s: dropped the oldest %.2f s",
+                self.max_output_buffer_s,
+                dropped * self.OUTPUT_FRAMES_PER_BUFFER / self.SAMPLE_RATE,
+            )
 
     def interrupt(self) -> None:
         """Drop all queued audio; the speaker is silent from the next output callback on.
@@ -574,6 +584,7 @@ class DefaultAudioInterface(AudioInterface):
         plays what it holds (its output latency, typically a few tens of ms) afterwards.
         """
         deadline = time.monotonic() + max(0.0, timeout)
+        self._flush_resampler()
         while True:
             if self._is_drained():
                 return True
@@ -586,10 +597,40 @@ class DefaultAudioInterface(AudioInterface):
             if remaining <= 0 or not self._drained.wait(remaining):
                 return self._is_drained()
 
+    def _flush_resampler(self) -> None:
+        """Queue what the speaker resampler still holds back (device-rate fallback only).
+
+        The resampler delays its output by a few ms (about 20 ms for 16 -> 48 kHz), so the
+        end of an utterance stays inside it until more audio comes; that tail is usually
+        the TTS's trailing silence and plays, in order, before the next utterance. At the
+        end of a call it is flushed here so the last words are heard in full.
+        """
+        if self._out_resampler is None or self._out_resampler.passthrough:
+            return
+        with self._out_lock:
+            tail = self._out_resampler.flush()
+            if tail:
+                self._enqueue_locked(tail)
+
     def _is_drained(self) -> bool:
         if self._out_stream is None:
             return True
         return not self._out_queue and not self._out_carry and not self._playing
+
+    @property
+    def output_latency_s(self) -> float:
+        """PortAudio's estimate of the speaker stream's latency (0.0 when not open).
+
+        Audio handed over by the output callback is heard about this much later; it is
+        also what is still heard after :meth:`interrupt`, beyond the next callback.
+        """
+        stream = self._out_stream
+        if stream is None:
+            return 0.0
+        try:
+            return float(stream.get_output_latency())
+        except Exception:
+            return 0.0
 
     @property
     def output_queued_s(self) -> float:

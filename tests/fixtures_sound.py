@@ -1,0 +1,388 @@
+"""Fixtures for the real-audio tests: a PulseAudio server with two null sinks.
+
+* ``sound_server`` (session): the server ``scripts/sound-server`` runs. ``scripts/test``
+  starts it and exports its environment; when pytest is run directly, the fixture starts
+  it itself (and stops it at the end of the session). If it cannot be started, audio
+  tests fail in CI and are skipped elsewhere, with the reason.
+* :func:`play_into_mic` plays PCM into the microphone bus (``elevenconv_mic``; its
+  monitor is the default source, i.e. what a DefaultAudioInterface records).
+* :class:`SpeakerCapture` records ``elevenconv_speaker.monitor`` (everything played to the
+  default sink) and keeps, for each chunk read, the monotonic time it arrived, so a wall
+  clock instant can be located in the captured signal.
+* Small signal helpers: :func:`tone`, :func:`chirp`, :func:`rms`,
+  :func:`dominant_frequency`, :func:`envelope`.
+
+Mark tests that use these with ``@pytest.mark.audio``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "sound-server"
+RATE = 16000
+_ENV_VARS_NEEDED = ("PULSE_SERVER", "ELEVENCONV_TEST_SPEAKER_SINK", "ELEVENCONV_TEST_MIC_SINK")
+
+
+@dataclass
+class SoundServer:
+    """The running test sound server: its environment and sink names."""
+
+    env: dict[str, str]
+    started_here: bool = False
+    speaker_sink: str = field(init=False)
+    speaker_monitor: str = field(init=False)
+    mic_sink: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.speaker_sink = self.env.get("ELEVENCONV_TEST_SPEAKER_SINK", "elevenconv_speaker")
+        self.speaker_monitor = self.env.get(
+            "ELEVENCONV_TEST_SPEAKER_MONITOR", self.speaker_sink + ".monitor"
+        )
+        self.mic_sink = self.env.get("ELEVENCONV_TEST_MIC_SINK", "elevenconv_mic")
+
+    def pactl(self, *args: str) -> str:
+        """Run ``pactl`` against the server and return its stdout."""
+        return subprocess.run(
+            ["pactl", *args], check=True, capture_output=True, text=True, timeout=10
+        ).stdout
+
+    def sink_inputs(self) -> list[str]:
+        """Playback streams currently connected (``pactl list short sink-inputs``)."""
+        return [line for line in self.pactl("list", "short", "sink-inputs").splitlines() if line]
+
+
+def _parse_exports(text: str) -> dict[str, str]:
+    env = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("export ") and "=" in line:
+            key, _, value = line[len("export ") :].partition("=")
+            env[key.strip()] = value.strip().strip("'\"")
+    return env
+
+
+def _server_answers() -> bool:
+    if not shutil.which("pactl"):
+        return False
+    try:
+        subprocess.run(["pactl", "info"], check=True, capture_output=True, timeout=5)
+    except (subprocess.SubprocessError, OSError):
+        return False
+    return True
+
+
+def _unavailable(reason: str) -> None:
+    from tests.conftest import IN_CI
+
+    message = f"PulseAudio test server unavailable: {reason}"
+    if IN_CI:
+        pytest.fail(message + " (audio tests are never skipped in CI)", pytrace=False)
+    pytest.skip(message + " (run `bash scripts/test`, or scripts/sound-server start)")
+
+
+@pytest.fixture(scope="session")
+def sound_server() -> Iterator[SoundServer]:
+    """The PulseAudio test server, from the exported environment or started here."""
+    if all(os.environ.get(v) for v in _ENV_VARS_NEEDED) and _server_answers():
+        yield SoundServer(
+            env={
+                k: v
+                for k, v in os.environ.items()
+                if k.startswith(("PULSE_", "ALSA_", "ELEVENCONV_", "XDG_RUNTIME_DIR"))
+            }
+        )
+        return
+    if not SCRIPT.exists():
+        _unavailable(f"{SCRIPT} not found")
+    # Already running for someone else in the same directory? Then do not stop it after.
+    already = (
+        subprocess.run(["bash", str(SCRIPT), "status"], capture_output=True, timeout=30).returncode
+        == 0
+    )
+    try:
+        proc = subprocess.run(
+            ["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=60
+        )
+    except (subprocess.SubprocessError, OSError) as exc:
+        _unavailable(f"scripts/sound-server start failed: {exc}")
+        raise  # unreachable: _unavailable raises
+    if proc.returncode != 0:
+        _unavailable(f"scripts/sound-server start exited {proc.returncode}: {proc.stderr.strip()}")
+    env = _parse_exports(proc.stdout)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        if not _server_answers():
+            _unavailable("started, but `pactl info` does not answer")
+        yield SoundServer(env=env, started_here=not already)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if not already:
+            subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, timeout=30)
+
+
+# -- playing into the microphone bus -------------------------------------------------------
+
+
+class MicPlayback:
+    """A running ``pacat`` playing into the mic bus. Wait on it, or it is killed on exit."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], source: IO[bytes], started_at: float):
+        self.proc = proc
+        self._source = source
+        #: ``time.monotonic()`` just before pacat was started.
+        self.started_at = started_at
+
+    def wait(self, timeout: float) -> int:
+        """Wait until everything was played; return pacat's exit status."""
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._source.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._source.close()
+
+    def __enter__(self) -> MicPlayback:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def play_into_mic(pcm16_16k: bytes, sink: str | None = None) -> MicPlayback:
+    """Play PCM16 mono 16 kHz into the microphone bus; return a handle to wait on.
+
+    The data goes through an unlinked temporary file (pacat's stdin), so nothing blocks
+    on a pipe and no helper thread is needed.
+    """
+    sink = sink or os.environ.get("ELEVENCONV_TEST_MIC_SINK", "elevenconv_mic")
+    source = tempfile.TemporaryFile()  # noqa: SIM115 - closed by MicPlayback
+    source.write(pcm16_16k)
+    source.flush()
+    source.seek(0)
+    started_at = time.monotonic()
+    proc = subprocess.Popen(
+        [
+            "pacat",
+            "--playback",
+            "--raw",
+            "--format=s16le",
+            f"--rate={RATE}",
+            "--channels=1",
+            f"--device={sink}",
+            "--latency-msec=20",
+        ],
+        stdin=source,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return MicPlayback(proc, source, started_at)
+
+
+# -- recording the speaker -----------------------------------------------------------------
+
+
+class SpeakerCapture:
+    """Record the speaker sink's monitor (PCM16 mono 16 kHz) into memory.
+
+    ``with SpeakerCapture() as cap: ...``. A reader thread (``test-speaker-capture``)
+    appends what ``parecord`` writes and notes when each chunk arrived, so
+    :meth:`time_of` maps a sample position to ``time.monotonic()``: the monitor delivers
+    samples as the null sink plays them, so a chunk's last sample was played just before
+    it arrived (within parecord's 10 ms latency). Waiting is on a Condition, never sleep.
+    """
+
+    def __init__(self, source: str | None = None, latency_ms: int = 10) -> None:
+        self.source = source or os.environ.get(
+            "ELEVENCONV_TEST_SPEAKER_MONITOR", "elevenconv_speaker.monitor"
+        )
+        self.latency_ms = latency_ms
+        self._buf = bytearray()
+        self._arrivals: list[tuple[float, int]] = []  # (monotonic, total bytes so far)
+        self._cond = threading.Condition()
+        self._eof = False
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._thread: threading.Thread | None = None
+        #: ``time.monotonic()`` just before parecord was started.
+        self.started_at = 0.0
+
+    def __enter__(self) -> SpeakerCapture:
+        self.started_at = time.monotonic()
+        self._proc = subprocess.Popen(
+            [
+                "parecord",
+                "--raw",
+                "--format=s16le",
+                f"--rate={RATE}",
+                "--channels=1",
+                f"--device={self.source}",
+                f"--latency-msec={self.latency_ms}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self._thread = threading.Thread(target=self._read, name="test-speaker-capture")
+        self._thread.start()
+        return self
+
+    def _read(self) -> None:
+        assert self._proc is not None
+        assert self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        while True:
+            chunk = os.read(fd, 4096)
+            now = time.monotonic()
+            with self._cond:
+                if not chunk:
+                    self._eof = True
+                    self._cond.notify_all()
+                    return
+                self._buf += chunk
+                self._arrivals.append((now, len(self._buf)))
+                self._cond.notify_all()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop recording (idempotent); the data stays available."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(10)
+        if self._thread is not None:
+            self._thread.join(10)
+        if self._proc is not None and self._proc.stdout is not None:
+            self._proc.stdout.close()
+
+    # -- waiting ----------------------------------------------------------------------
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait (on the reader's Condition) until ``predicate()`` holds; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate() or self._eof, timeout) and (predicate())
+
+    def wait_recording(self, timeout: float) -> bool:
+        """Wait until parecord delivers data (the stream is connected and running)."""
+        return self.wait_for(lambda: len(self._buf) > 0, timeout)
+
+    def wait_until(self, t_monotonic: float, timeout: float) -> bool:
+        """Wait until the capture holds what was played up to ``t_monotonic``."""
+        return self.wait_for(
+            lambda: bool(self._arrivals) and self._arrivals[-1][0] >= t_monotonic, timeout
+        )
+
+    # -- data -------------------------------------------------------------------------
+
+    @property
+    def pcm(self) -> bytes:
+        """Everything recorded so far (an even number of bytes)."""
+        with self._cond:
+            data = bytes(self._buf)
+        return data[: len(data) - len(data) % 2]
+
+    def samples(self) -> Any:
+        """The recording as a numpy int16 array."""
+        import numpy as np
+
+        return np.frombuffer(self.pcm, dtype="<i2")
+
+    def time_of(self, sample_index: int) -> float:
+        """Estimated ``time.monotonic()`` at which sample ``sample_index`` was played.
+
+        Taken from the arrival time of the first chunk containing it, minus the samples
+        after it in that chunk.
+        """
+        byte_pos = sample_index * 2
+        with self._cond:
+            arrivals = list(self._arrivals)
+        for arrived, total in arrivals:
+            if total > byte_pos:
+                return arrived - (total - byte_pos) / 2 / RATE
+        raise IndexError(f"sample {sample_index} not captured yet")
+
+
+# -- signal helpers ------------------------------------------------------------------------
+
+
+def tone(freq: float, seconds: float, amplitude: float = 0.5, rate: int = RATE) -> bytes:
+    """A sine tone as PCM16 mono bytes."""
+    import numpy as np
+
+    t = np.arange(int(seconds * rate)) / rate
+    return (amplitude * 32767 * np.sin(2 * np.pi * freq * t)).astype("<i2").tobytes()
+
+
+def chirp(f0: float, f1: float, seconds: float, amplitude: float = 0.5, rate: int = RATE) -> bytes:
+    """A linear chirp from ``f0`` to ``f1`` Hz as PCM16 mono bytes."""
+    import numpy as np
+
+    t = np.arange(int(seconds * rate)) / rate
+    phase = 2 * np.pi * (f0 * t + (f1 - f0) * t * t / (2 * seconds))
+    return (amplitude * 32767 * np.sin(phase)).astype("<i2").tobytes()
+
+
+def as_array(pcm: bytes) -> Any:
+    import numpy as np
+
+    return np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2").astype(np.float64)
+
+
+def rms(x: Any) -> float:
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    return float(np.sqrt(np.mean(x * x))) if len(x) else 0.0
+
+
+def dominant_frequency(x: Any, rate: int = RATE) -> float:
+    """The frequency (Hz) of the largest FFT bin of ``x`` (Hann-windowed)."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    spectrum[0] = 0.0
+    return float(np.argmax(spectrum) * rate / len(x))
+
+
+def envelope(x: Any, window: int = 16) -> Any:
+    """Max |x| over a sliding window of ``window`` samples (centred)."""
+    import numpy as np
+
+    a = np.abs(np.asarray(x, dtype=np.float64))
+    if len(a) < window:
+        return a
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    m = sliding_window_view(a, window).max(axis=1)
+    pad_left = window // 2
+    return np.concatenate([np.full(pad_left, m[0]), m, np.full(len(a) - len(m) - pad_left, m[-1])])
