@@ -274,6 +274,7 @@ class Conversation(EventEmitter):
         self._mic: deque[bytes] = deque(maxlen=MIC_QUEUE_CHUNKS)
         self._threads: dict[str, threading.Thread] = {}
         self._start_done = threading.Event()
+        self._threads_started = threading.Event()
         self._ended = threading.Event()
         self._start_failed = False
         self._initiator: Literal["user", "agent", "error"] | None = None
@@ -282,6 +283,7 @@ class Conversation(EventEmitter):
         self._last_server_error: ServerError | None = None
         self._agent_ending = False
         self._tools_acquired = False
+        self._tool_threads: list[threading.Thread] = []
         self._iface_started = False
         self._encoder: Any = None
         self._events_decoder: Any = None
@@ -425,6 +427,13 @@ class Conversation(EventEmitter):
             raise TimeoutError(f"the session did not end within {timeout} s")
         self._join(_Deadline(self.close_timeout))
         return self._protocol.conversation_id
+
+    def __enter__(self) -> Conversation:
+        self.start_session()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.end_session()
 
     def get_conversation_id(self) -> str | None:
         """The conversation id, known once :meth:`start_session` has returned."""
@@ -648,6 +657,7 @@ class Conversation(EventEmitter):
             self._threads[role] = thread
         for thread in self._threads.values():
             thread.start()
+        self._threads_started.set()
 
     def _start_audio(self) -> None:
         iface = self.audio_interface
@@ -673,6 +683,8 @@ class Conversation(EventEmitter):
 
     def _finish(self, code: int | None, reason: str, error: BaseException | None) -> None:
         """Runs once, on the reader thread, when the socket is done: stop everything."""
+        # The reader may finish before _start_threads() has started its siblings.
+        self._threads_started.wait()
         with self._lock:
             initiator = self._initiator
             if initiator is None:
@@ -701,7 +713,7 @@ class Conversation(EventEmitter):
                     self._log.error("thread %s did not stop in time", thread.name)
         if self._tools_acquired:
             self._tools_acquired = False
-            self.client_tools._release()
+            self._tool_threads = self.client_tools._release()
         if initiator == "error" and not self._start_failed:
             exc = closed_exception(code, reason)
             if error is not None:
@@ -729,6 +741,14 @@ class Conversation(EventEmitter):
                 thread.join(deadline.remaining())
                 if thread.is_alive():
                     self._log.error("thread %s did not stop in time", thread.name)
+        # Tool workers exit once their tool returns; one may be running end_session().
+        for thread in self._tool_threads:
+            if thread is not me:
+                thread.join(deadline.remaining())
+                if thread.is_alive():
+                    self._log.warning(
+                        "client tool still running in %s after the session ended", thread.name
+                    )
 
     def _abort_socket(self) -> None:
         sock = self._sock

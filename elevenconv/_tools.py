@@ -309,24 +309,40 @@ class ClientTools:
         with self._lock:
             self._users += 1
 
-    def _release(self) -> None:
-        """A conversation is done; the last one out shuts the pool down."""
+    def _release(self) -> list[threading.Thread]:
+        """A conversation is done; the last one out shuts the pool down.
+
+        Returns the pool's threads, for the caller to join (they exit once their
+        running tool returns); joining here could deadlock with a tool that is itself
+        ending the conversation.
+        """
         with self._lock:
             self._users = max(0, self._users - 1)
             last = self._users == 0
-        if last:
-            self.close()
+        return self._shutdown() if last else []
 
-    def close(self) -> None:
-        """Shut the pool down without waiting for running tools; queued calls are
-        cancelled (and answered with an error). A later call starts a new pool."""
+    def _shutdown(self) -> list[threading.Thread]:
         with self._lock:
             executor, self._executor = self._executor, None
             watchdog, self._watchdog = self._watchdog, None
+        threads: list[threading.Thread] = []
         if executor is not None:
+            # ThreadPoolExecutor keeps its workers in ``_threads`` (CPython 3.8+).
+            threads = list(getattr(executor, "_threads", ()))
             executor.shutdown(wait=False, cancel_futures=True)
         if watchdog is not None:
             watchdog.stop()
+        return threads
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Shut the pool down: queued calls are cancelled (and answered with an error),
+        and idle workers exit. Waits up to ``timeout`` s for running tools to return.
+        A later call starts a new pool."""
+        me = threading.current_thread()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._shutdown():
+            if thread is not me:
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> ClientTools:
         return self
