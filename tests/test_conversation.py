@@ -671,8 +671,8 @@ def test_ctrl_c_gets_through_wait_for_session_end() -> None:
         from elevenconv.testing import FakeWebSocket
         conv = Conversation(agent_id="a", requires_auth=False, websocket_factory=FakeWebSocket())
         conv.start_session()
-        print("waiting", flush=True)
         try:
+            print("waiting", flush=True)
             conv.wait_for_session_end()
         except KeyboardInterrupt:
             conv.end_session()

@@ -262,7 +262,6 @@ _TOOL_RESPONSE: Final = {
     "tool_call_id": _string(),
     "tool_type": _string(),
     "is_error": _boolean(),
-    "is_blocked": _boolean(optional=True),
     "is_called": _boolean(),
     "event_id": _integer(),
 }
@@ -399,6 +398,7 @@ _SERVER_SPECS: Final[Mapping[str, _Spec]] = {
             "agent_tool_response_full_payload": _object(
                 {
                     **_TOOL_RESPONSE,
+                    "is_blocked": _boolean(optional=True),  # only in the full-payload variant
                     "full_tool_result": _string(),
                     "truncated": _boolean(optional=True),
                 }
@@ -848,7 +848,6 @@ _TOOL_RESPONSE_EXAMPLE: Final[dict[str, Any]] = {
     "tool_call_id": "call_1",
     "tool_type": "client",
     "is_error": False,
-    "is_blocked": False,
     "is_called": True,
     "event_id": 7,
 }
@@ -939,6 +938,7 @@ SERVER_MESSAGE_EXAMPLES: Final[Mapping[str, dict[str, Any]]] = MappingProxyType(
             "type": "agent_tool_response_full_payload",
             "agent_tool_response_full_payload": {
                 **_TOOL_RESPONSE_EXAMPLE,
+                "is_blocked": False,
                 "full_tool_result": '{"temperature": 21}',
                 "truncated": False,
             },
@@ -1055,7 +1055,11 @@ CLIENT_MESSAGE_EXAMPLES: Final[Mapping[str, dict[str, Any]]] = MappingProxyType(
         },
         "multimodal_message": {
             "type": "multimodal_message",
-            "text": {"type": "user_message", "text": "What is in this file?"},
+            "text": {
+                "type": "user_message",
+                "text": "What is in this file?",
+                "rich_content_id": "rc_2",
+            },
             "file": {"type": "file_input", "file_id": "file_1"},
         },
     }
