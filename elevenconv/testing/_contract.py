@@ -45,7 +45,7 @@ __all__ = [
 # ----------------------------------------------------------------------------------------
 # The schema DSL
 
-_Kind = Literal["string", "integer", "number", "boolean", "object", "array", "any"]
+_Kind = Literal["string", "integer", "number", "boolean", "object", "array"]
 
 
 class _NoConst:
@@ -655,7 +655,6 @@ _TYPE_CHECKS: Final[Mapping[_Kind, Callable[[object], bool]]] = {
     "boolean": lambda v: isinstance(v, bool),
     "object": lambda v: isinstance(v, dict),
     "array": lambda v: isinstance(v, list),
-    "any": lambda v: True,
 }
 
 
@@ -686,7 +685,7 @@ def _json_equal(a: object, b: object) -> bool:
 
 def _check(spec: _Spec, value: object, path: str, out: list[str]) -> None:
     if value is None:
-        if not spec.nullable and spec.kind != "any":
+        if not spec.nullable:
             out.append(f"{path}: expected {spec.kind}, got null")
         return
     if not _TYPE_CHECKS[spec.kind](value):
