@@ -415,6 +415,11 @@ class AgentAudioDecoder:
             return _to_bytes(self._resampler._resample_samples(decoded))
         return self._resampler.process(data)
 
+    @property
+    def passthrough(self) -> bool:
+        """``True`` for ``pcm_16000``: nothing is converted or held back."""
+        return self.format.encoding == "pcm" and self._resampler.passthrough
+
     def flush(self) -> bytes:
         """End of an agent response: return the held-back tail and start afresh.
 

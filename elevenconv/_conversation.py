@@ -119,6 +119,8 @@ EVENTS_QUEUE_SIZE = 10000
 MIC_QUEUE_CHUNKS = 50
 #: How long the agent's last words may play after it ends the call.
 AGENT_END_DRAIN_S = 5.0
+#: A resampler holds back ~20-70 ms; flush it when the agent's audio pauses this long.
+RESAMPLER_TAIL_FLUSH_S = 0.15
 
 
 @dataclass(frozen=True)
@@ -1025,22 +1027,33 @@ class Conversation(EventEmitter):
         assert iface is not None
         q = self._audio_q
         decoder: Any = None
+        last_event_id = 0
+        tail_due: float | None = None  # when to flush the resampler's held-back tail
         stop = _AudioStop(drain=False)
         while True:
-            if self._playing and not self._device_reports_playback:
-                # No playback reports from this device: "listening" when the audio we
-                # handed it should have played out.
-                try:
-                    item = q.get(timeout=max(0.0, self._playing_until - time.monotonic()))
-                except queue.Empty:
+            # Block for the next item, or until a deadline: the resampler tail is due
+            # (the stream paused), or the audio handed out should have played (devices
+            # that do not report playback). Deadlines, not polling.
+            deadlines = [d for d in (tail_due, self._inferred_play_end()) if d is not None]
+            try:
+                if deadlines:
+                    item = q.get(timeout=max(0.0, min(deadlines) - time.monotonic()))
+                else:
+                    item = q.get()
+            except queue.Empty:
+                now = time.monotonic()
+                if tail_due is not None and now >= tail_due:
+                    tail_due = None
+                    self._output(iface, decoder.flush(), last_event_id)
+                play_end = self._inferred_play_end()
+                if play_end is not None and now >= play_end:
                     self._set_playing(False)
-                    continue
-            else:
-                item = q.get()
+                continue
             if isinstance(item, _AudioStop):
                 stop = item
                 break
             if item is _RESET:
+                tail_due = None
                 if decoder is not None:
                     decoder.reset()
                 continue
@@ -1050,11 +1063,16 @@ class Conversation(EventEmitter):
                 from elevenconv._audioformat import AgentAudioDecoder
 
                 decoder = AgentAudioDecoder(self._protocol.agent_output_audio_format)
-            self._play(iface, decoder, item)
+            if self._play(iface, decoder, item):
+                last_event_id = item.event_id
+                if not decoder.passthrough:
+                    tail_due = time.monotonic() + RESAMPLER_TAIL_FLUSH_S
         # Exit: the one place the device is stopped.
         if self._iface_started:
             try:
                 if stop.drain:
+                    if decoder is not None and tail_due is not None:
+                        self._output(iface, decoder.flush(), last_event_id)
                     iface.wait_until_drained(AGENT_END_DRAIN_S)
                 else:
                     iface.interrupt()
@@ -1067,21 +1085,33 @@ class Conversation(EventEmitter):
             self._iface_started = False
         self._set_playing(False)
 
-    def _play(self, iface: AudioInterface, decoder: Any, event: AudioEvent) -> None:
+    def _inferred_play_end(self) -> float | None:
+        if self._playing and not self._device_reports_playback:
+            return self._playing_until
+        return None
+
+    def _play(self, iface: AudioInterface, decoder: Any, event: AudioEvent) -> bool:
+        """Decode, convert and hand one chunk to the device; ``False`` if dropped."""
         if not self._protocol.is_audio_current(event.event_id):
             self.stats["stale_audio"] += 1
-            return
+            return False
         try:
             pcm = decoder.decode(event.audio)
         except RemoteProtocolError as exc:
             self._post("error", exc)
-            return
-        except Exception as exc:
+            return False
+        except Exception as exc:  # a conversion failure must not kill audio
             self._log.exception("could not convert agent audio")
             self._post("error", AudioError(f"could not convert agent audio: {exc}"))
-            return
+            return False
+        played = self._output(iface, pcm, event.event_id)
+        if event.alignment is not None:
+            self._post("audio_alignment", event.alignment, event.event_id)
+        return played
+
+    def _output(self, iface: AudioInterface, pcm: bytes, event_id: int) -> bool:
         if not pcm:
-            return
+            return True
         out = pcm
         gain = self._gain_in_thread
         if gain != 1.0:
@@ -1090,18 +1120,17 @@ class Conversation(EventEmitter):
             out = scale_pcm16(pcm, gain)
         with self._playback_lock:
             # Checked again under the lock: an interruption may have come in meanwhile.
-            if not self._protocol.is_audio_current(event.event_id):
+            if not self._protocol.is_audio_current(event_id):
                 self.stats["stale_audio"] += 1
-                return
+                return False
             iface.output(out)
         if not self._device_reports_playback:
             now = time.monotonic()
             self._playing_until = max(now, self._playing_until) + len(pcm) / 32000.0
             self._set_playing(True)
         if self.listeners("audio"):
-            self._post("audio", pcm, event.event_id)
-        if event.alignment is not None:
-            self._post("audio_alignment", event.alignment, event.event_id)
+            self._post("audio", pcm, event_id)
+        return True
 
     def _on_device_playback(self, playing: bool) -> None:
         """The device's playback callback (its own thread): O(1)."""
