@@ -1,0 +1,732 @@
+"""ClientTools: the registry, blocking ``handle()``, and the pooled ``execute_tool_async``.
+
+Every test that runs a tool on the pool closes its ``ClientTools`` (the autouse
+``no_thread_leaks`` fixture fails a test that leaves an ``elevenconv-*`` thread alive),
+and handlers that block wait on an ``Event`` that the test releases before it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from elevenconv import ClientTools
+from elevenconv.errors import ConfigurationError, ElevenConvError, ToolError, ToolTimeoutError
+from tests.conftest import scaled
+
+pytestmark = pytest.mark.timeout(20)
+
+WAIT = scaled(5)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+class Results:
+    """A ``callback`` for ``execute_tool_async`` that records every message it gets."""
+
+    def __init__(self) -> None:
+        self.messages: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.threads: list[str] = []
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def __call__(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            self.count += 1
+            self.threads.append(threading.current_thread().name)
+        self.messages.put(message)
+
+    def get(self, timeout: float = WAIT) -> dict[str, Any]:
+        return self.messages.get(timeout=timeout)
+
+
+def settled(future: Future[Any]) -> threading.Event:
+    """An Event set once every done-callback registered on ``future`` so far has run.
+
+    Done-callbacks run in registration order on one thread, so when ours runs the
+    library's (which reports the result) has finished: no race with ``future.result()``,
+    which can return before the callbacks run.
+    """
+    event = threading.Event()
+    future.add_done_callback(lambda _f: event.set())
+    return event
+
+
+def run(
+    tools: ClientTools, name: str, params: dict[str, Any] | None = None
+) -> tuple[Future[Any], dict[str, Any], Results]:
+    """Run ``name`` on the pool; return its future, its one result message and the recorder."""
+    results = Results()
+    future = tools.execute_tool_async(name, params or {"tool_call_id": "call_1"}, results)
+    message = results.get()
+    assert settled(future).wait(WAIT)
+    assert results.count == 1, "the callback must be called exactly once"
+    return future, message, results
+
+
+def pool_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("elevenconv-tool")]
+
+
+def join_pool_threads() -> None:
+    """Join every tool-pool and watchdog thread (they exit once the pool is shut down)."""
+    for t in pool_threads():
+        t.join(WAIT)
+    alive = [t.name for t in pool_threads() if t.is_alive()]
+    assert not alive, f"tool threads still alive after close(): {alive}"
+
+
+@pytest.fixture
+def tools() -> Iterator[ClientTools]:
+    ct = ClientTools()
+    yield ct
+    ct.close()
+    join_pool_threads()
+
+
+# -- construction ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"max_workers": 0}, {"max_workers": -1}, {"timeout": 0}, {"timeout": -1.0}]
+)
+def test_invalid_settings_are_configuration_errors(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        ClientTools(**kwargs)
+
+
+def test_creating_client_tools_starts_no_thread() -> None:
+    before = set(pool_threads())
+    ct = ClientTools(max_workers=2, timeout=1.0)
+    ct.register("t", lambda p: None)
+    assert set(pool_threads()) == before
+    ct.close()  # closing an unused registry is fine
+
+
+# -- registry --------------------------------------------------------------------------------
+
+
+def test_register_and_query(tools: ClientTools) -> None:
+    assert tools.get_registered_tools() == []
+    tools.register("a", lambda p: 1)
+    tools.register("b", lambda p: 2)
+    assert sorted(tools.get_registered_tools()) == ["a", "b"]
+    assert tools.is_tool_registered("a")
+    assert not tools.is_tool_registered("c")
+    assert "a" in repr(tools)
+
+
+def test_get_registered_tools_returns_a_copy(tools: ClientTools) -> None:
+    tools.register("a", lambda p: 1)
+    names = tools.get_registered_tools()
+    names.append("x")
+    assert tools.get_registered_tools() == ["a"]
+
+
+def test_duplicate_name_is_rejected_and_keeps_the_first_handler(tools: ClientTools) -> None:
+    tools.register("dup", lambda p: "first")
+    with pytest.raises(ValueError, match="dup") as info:
+        tools.register("dup", lambda p: "second")
+    assert isinstance(info.value, ConfigurationError)
+    assert tools.handle("dup", {}) == "first"
+
+
+@pytest.mark.parametrize("handler", [None, 42, "not a function", {"a": 1}])
+def test_non_callable_handler_is_rejected(tools: ClientTools, handler: Any) -> None:
+    with pytest.raises(ConfigurationError, match="callable"):
+        tools.register("bad", handler)
+    assert not tools.is_tool_registered("bad")
+
+
+def test_unregister_returns_whether_it_was_registered(tools: ClientTools) -> None:
+    tools.register("a", lambda p: 1)
+    assert tools.unregister("a") is True
+    assert tools.unregister("a") is False
+    assert tools.unregister("never") is False
+    assert not tools.is_tool_registered("a")
+    tools.register("a", lambda p: "again")  # the name is free again
+    assert tools.handle("a", {}) == "again"
+
+
+def test_clear_removes_every_tool(tools: ClientTools) -> None:
+    for name in ("a", "b", "c"):
+        tools.register(name, lambda p: None)
+    tools.clear()
+    assert tools.get_registered_tools() == []
+    assert not tools.is_tool_registered("a")
+
+
+# -- handle(): blocking, in the caller's thread -------------------------------------------
+
+
+def test_handle_sync_handler_gets_a_copy_of_the_parameters(tools: ClientTools) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def handler(params: dict[str, Any]) -> Any:
+        seen.append(params)
+        params["mutated"] = True
+        return {"echo": params["x"], "thread": threading.current_thread().name}
+
+    tools.register("echo", handler)
+    original = {"x": 5}
+    result = tools.handle("echo", original)
+    assert result == {"echo": 5, "thread": threading.current_thread().name}
+    assert original == {"x": 5}, "the caller's mapping must not be mutated"
+    assert seen[0] is not original
+
+
+def test_handle_async_def_handler_returns_its_result(tools: ClientTools) -> None:
+    async def handler(params: dict[str, Any]) -> str:
+        import asyncio
+
+        await asyncio.sleep(0)  # a real suspension point inside the coroutine
+        return f"async {params['n']}"
+
+    tools.register("a", handler)
+    assert tools.handle("a", {"n": 3}) == "async 3"
+
+
+def test_handle_async_call_object(tools: ClientTools) -> None:
+    class Handler:
+        async def __call__(self, params: dict[str, Any]) -> int:
+            return params["n"] * 2
+
+    tools.register("obj", Handler())
+    assert tools.handle("obj", {"n": 21}) == 42
+
+
+def test_handle_sync_handler_returning_a_coroutine_is_awaited(tools: ClientTools) -> None:
+    async def inner(n: int) -> int:
+        return n + 1
+
+    tools.register("wrapped", lambda p: inner(p["n"]), is_async=False)
+    assert tools.handle("wrapped", {"n": 1}) == 2
+
+
+def test_handle_unregistered_tool_raises_tool_error(tools: ClientTools) -> None:
+    with pytest.raises(ToolError, match="nope") as info:
+        tools.handle("nope", {})
+    assert info.value.tool_name == "nope"
+    assert isinstance(info.value, ElevenConvError)
+
+
+def test_handle_propagates_the_handlers_exception(tools: ClientTools) -> None:
+    def handler(params: dict[str, Any]) -> None:
+        raise KeyError("missing thing")
+
+    tools.register("raises", handler)
+    with pytest.raises(KeyError, match="missing thing"):
+        tools.handle("raises", {})
+
+
+# -- execute_tool_async: results -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, "Client tool: t called successfully."),
+        (0, "0"),
+        (False, "false"),
+        (True, "true"),
+        ([], "[]"),
+        ({}, "{}"),
+        ("", ""),
+        ("plain text", "plain text"),
+        ('{"already": "json"}', '{"already": "json"}'),
+        (1.5, "1.5"),
+        ("héllo", "héllo"),
+    ],
+)
+def test_result_is_always_a_string(tools: ClientTools, value: Any, expected: str) -> None:
+    tools.register("t", lambda p: value)
+    future, message, _ = run(tools, "t")
+    assert message == {
+        "type": "client_tool_result",
+        "tool_call_id": "call_1",
+        "result": expected,
+        "is_error": False,
+    }
+    assert isinstance(message["result"], str)
+    assert future.result(0) == value, "the future holds the raw result"
+
+
+def test_dict_result_is_json(tools: ClientTools) -> None:
+    value = {"temp": 21.5, "unit": "C", "tags": ["a", None], "ok": True, "name": "Zürich"}
+    tools.register("t", lambda p: value)
+    future, message, _ = run(tools, "t")
+    assert message["is_error"] is False
+    assert json.loads(message["result"]) == value
+    assert future.result(0) is value
+
+
+@pytest.mark.parametrize("value", [object(), {1, 2}, float("nan"), {"x": b"bytes"}])
+def test_unserialisable_result_is_an_error(tools: ClientTools, value: Any) -> None:
+    tools.register("weird", lambda p: value)
+    future, message, _ = run(tools, "weird")
+    assert message["is_error"] is True
+    assert "not JSON-serialisable" in message["result"]
+    assert "weird" in message["result"]
+    assert future.result(0) is value, "the raw result is still on the future"
+
+
+def test_handler_exception_is_an_error_result(tools: ClientTools) -> None:
+    def handler(params: dict[str, Any]) -> None:
+        raise RuntimeError("the database is down")
+
+    tools.register("fails", handler)
+    future, message, _ = run(tools, "fails")
+    assert message["is_error"] is True
+    assert message["result"] == "the database is down"
+    assert message["tool_call_id"] == "call_1"
+    with pytest.raises(RuntimeError, match="database"):
+        future.result(0)
+
+
+def test_exception_without_message_reports_its_type(tools: ClientTools) -> None:
+    def handler(params: dict[str, Any]) -> None:
+        raise LookupError
+
+    tools.register("fails", handler)
+    _, message, _ = run(tools, "fails")
+    assert message["is_error"] is True
+    assert message["result"] == "LookupError"
+
+
+def test_unregistered_tool_gets_an_error_result(tools: ClientTools) -> None:
+    future, message, _ = run(tools, "ghost", {"tool_call_id": "c9"})
+    assert message["is_error"] is True
+    assert message["tool_call_id"] == "c9"
+    assert "ghost" in message["result"]
+    assert "not registered" in message["result"]
+    with pytest.raises(ToolError):
+        future.result(0)
+
+
+def test_async_handlers_run_on_the_pool(tools: ClientTools) -> None:
+    async def coro(params: dict[str, Any]) -> dict[str, Any]:
+        return {"got": params["q"]}
+
+    class Obj:
+        async def __call__(self, params: dict[str, Any]) -> str:
+            return "from object"
+
+    tools.register("coro", coro)
+    tools.register("obj", Obj())
+    _, message, _ = run(tools, "coro", {"tool_call_id": "1", "q": "x"})
+    assert json.loads(message["result"]) == {"got": "x"}
+    _, message, _ = run(tools, "obj", {"tool_call_id": "2"})
+    assert message["result"] == "from object"
+
+
+def test_async_handler_exception_is_an_error_result(tools: ClientTools) -> None:
+    async def coro(params: dict[str, Any]) -> None:
+        raise ValueError("async failure")
+
+    tools.register("coro", coro)
+    _, message, _ = run(tools, "coro")
+    assert message == {
+        "type": "client_tool_result",
+        "tool_call_id": "call_1",
+        "result": "async failure",
+        "is_error": True,
+    }
+
+
+def test_parameters_and_tool_call_id_reach_the_handler(tools: ClientTools) -> None:
+    got: list[dict[str, Any]] = []
+    tools.register("t", lambda p: got.append(p))
+    params = {"tool_call_id": "abc", "city": "Paris", "n": 2}
+    _, message, _ = run(tools, "t", params)
+    assert got == [params]
+    assert got[0] is not params
+    assert message["tool_call_id"] == "abc"
+
+
+def test_missing_tool_call_id_is_an_empty_string(tools: ClientTools) -> None:
+    tools.register("t", lambda p: "ok")
+    _, message, _ = run(tools, "t", {"x": 1})
+    assert message["tool_call_id"] == ""
+    assert message["result"] == "ok"
+
+
+def test_no_callback_still_returns_the_future(tools: ClientTools) -> None:
+    tools.register("t", lambda p: 7)
+    future = tools.execute_tool_async("t", {})
+    assert future.result(WAIT) == 7
+
+
+def test_execute_tool_is_an_alias() -> None:
+    assert ClientTools.execute_tool is ClientTools.execute_tool_async
+
+
+def test_execute_tool_alias_runs_the_tool(tools: ClientTools) -> None:
+    tools.register("t", lambda p: "via alias")
+    results = Results()
+    future = tools.execute_tool("t", {"tool_call_id": "z"}, results)
+    assert future.result(WAIT) == "via alias"
+    assert results.get()["result"] == "via alias"
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    value=st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.text(max_size=10)
+        | st.floats(allow_nan=False, allow_infinity=False),
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.dictionaries(st.text(max_size=5), children, max_size=4)
+        ),
+        max_leaves=10,
+    )
+)
+def test_json_results_round_trip(tools: ClientTools, value: Any) -> None:
+    tools.clear()
+    tools.register("t", lambda p: value)
+    _, message, _ = run(tools, "t")
+    assert message["is_error"] is False
+    assert isinstance(message["result"], str)
+    if value is None:
+        assert message["result"] == "Client tool: t called successfully."
+    elif isinstance(value, str):
+        assert message["result"] == value
+    else:
+        assert json.loads(message["result"]) == value
+
+
+# -- threads ---------------------------------------------------------------------------------
+
+
+def test_handler_and_callback_run_on_a_pool_thread(tools: ClientTools) -> None:
+    names: list[str] = []
+    tools.register("where", lambda p: names.append(threading.current_thread().name))
+    _, message, _ = run(tools, "where")
+    assert message["is_error"] is False
+    caller = threading.current_thread().name
+    assert len(names) == 1
+    assert names[0].startswith("elevenconv-tool")
+    assert names[0] != caller
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: execute_tool_async documents its callback runs 'on a worker thread', but "
+    "when the handler finishes before add_done_callback() is reached, the callback runs "
+    "on the caller's thread (_submit adds _on_future_done after executor.submit returns)",
+)
+def test_callback_runs_on_a_worker_thread_even_when_the_tool_is_fast(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import elevenconv._tools as tools_module
+
+    class WorkerWinsTheRace(tools_module.ThreadPoolExecutor):
+        # Reproduces the scheduling where the worker finishes the tool before submit()'s
+        # caller gets to register its done-callback (seen in this suite with fast tools).
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+            future = super().submit(fn, *args, **kwargs)
+            future.exception(WAIT)
+            return future
+
+    monkeypatch.setattr(tools_module, "ThreadPoolExecutor", WorkerWinsTheRace)
+    ct = ClientTools()
+    ct.register("fast", lambda p: "ok")
+    try:
+        _, message, results = run(ct, "fast")
+        assert message["result"] == "ok"
+        assert results.threads[0].startswith("elevenconv-tool"), results.threads
+    finally:
+        ct.close()
+        join_pool_threads()
+
+
+def test_calls_run_concurrently() -> None:
+    # Two handlers that each wait for the other can only both finish on two workers.
+    ct = ClientTools(max_workers=2)
+    barrier = threading.Barrier(2, timeout=WAIT)
+    ct.register("meet", lambda p: barrier.wait())
+    try:
+        futures = [ct.execute_tool_async("meet", {}) for _ in range(2)]
+        assert sorted(f.result(WAIT) for f in futures) == [0, 1]
+    finally:
+        ct.close()
+        join_pool_threads()
+
+
+# -- timeout ---------------------------------------------------------------------------------
+
+
+def test_timeout_reports_an_error_once_and_drops_the_late_result() -> None:
+    ct = ClientTools(timeout=0.2)
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow(params: dict[str, Any]) -> str:
+        started.set()
+        assert release.wait(WAIT)
+        return "too late"
+
+    ct.register("slow", slow)
+    results = Results()
+    try:
+        future = ct.execute_tool_async("slow", {"tool_call_id": "t1"}, results)
+        message = results.get()
+        assert started.is_set()
+        assert message["is_error"] is True
+        assert message["tool_call_id"] == "t1"
+        assert "slow" in message["result"]
+        assert "within 0.2 s" in message["result"]
+        assert not future.done(), "the handler keeps running after the timeout"
+    finally:
+        release.set()
+    try:
+        done = settled(future)
+        assert future.result(WAIT) == "too late", "the future still gets the real result"
+        assert done.wait(WAIT)
+        assert results.count == 1, "the late result must not be delivered a second time"
+        assert results.messages.empty()
+    finally:
+        ct.close()
+        join_pool_threads()
+
+
+def test_fast_call_with_a_timeout_is_not_reported_as_timed_out() -> None:
+    ct = ClientTools(timeout=scaled(2))
+    ct.register("quick", lambda p: "fast")
+    try:
+        _, message, _ = run(ct, "quick")
+        assert message == {
+            "type": "client_tool_result",
+            "tool_call_id": "call_1",
+            "result": "fast",
+            "is_error": False,
+        }
+        watchdogs = [t for t in pool_threads() if t.name == "elevenconv-tool-watchdog"]
+        assert len(watchdogs) == 1
+    finally:
+        ct.close()
+        join_pool_threads()
+
+
+def test_tool_timeout_error_type() -> None:
+    assert issubclass(ToolTimeoutError, ToolError)
+    assert issubclass(ToolTimeoutError, TimeoutError)
+
+
+# -- max_pending -----------------------------------------------------------------------------
+
+
+def test_calls_beyond_max_pending_get_an_immediate_error() -> None:
+    ct = ClientTools(max_workers=4, max_pending=2)
+    release = threading.Event()
+    both_started = threading.Barrier(3, timeout=WAIT)
+
+    def blocked(params: dict[str, Any]) -> str:
+        both_started.wait()
+        assert release.wait(WAIT)
+        return "done"
+
+    ct.register("blocked", blocked)
+    first, second, third = Results(), Results(), Results()
+    try:
+        f1 = ct.execute_tool_async("blocked", {"tool_call_id": "1"}, first)
+        f2 = ct.execute_tool_async("blocked", {"tool_call_id": "2"}, second)
+        both_started.wait()  # both handlers are running and blocked
+        f3 = ct.execute_tool_async("blocked", {"tool_call_id": "3"}, third)
+        # Answered before execute_tool_async returned, in the caller's thread.
+        message = third.messages.get_nowait()
+        assert message["is_error"] is True
+        assert message["tool_call_id"] == "3"
+        assert "max_pending=2" in message["result"]
+        assert f3.done()
+        with pytest.raises(ToolError):
+            f3.result(0)
+        assert first.messages.empty()
+        assert second.messages.empty()
+    finally:
+        release.set()
+    try:
+        assert first.get()["result"] == "done"
+        assert second.get()["result"] == "done"
+        assert f1.result(WAIT) == f2.result(WAIT) == "done"
+        assert third.count == 1
+        # The slots are free again.
+        ct.register("quick", lambda p: "ok")
+        _, message, _ = run(ct, "quick")
+        assert message["result"] == "ok"
+    finally:
+        ct.close()
+        join_pool_threads()
+
+
+# -- lifetime --------------------------------------------------------------------------------
+
+
+def test_close_then_a_new_call_uses_a_new_pool() -> None:
+    ct = ClientTools(max_workers=1)
+    ct.register("thread", lambda p: threading.current_thread())
+    try:
+        first = ct.execute_tool_async("thread", {}).result(WAIT)
+        ct.close()
+        first.join(WAIT)
+        assert not first.is_alive(), "close() shut the old pool's worker down"
+        second = ct.execute_tool_async("thread", {}).result(WAIT)
+        assert second is not first
+        assert second.is_alive()
+        assert second.name.startswith("elevenconv-tool")
+    finally:
+        ct.close()
+        join_pool_threads()
+
+
+def test_close_is_idempotent_and_joins_pool_threads() -> None:
+    ct = ClientTools(max_workers=3, timeout=scaled(5))
+    ct.register("t", lambda p: p["i"])
+    futures = [ct.execute_tool_async("t", {"i": i}) for i in range(6)]
+    assert [f.result(WAIT) for f in futures] == list(range(6))
+    assert pool_threads(), "the pool and watchdog threads exist while open"
+    ct.close()
+    ct.close()
+    join_pool_threads()
+
+
+def test_context_manager_closes_the_pool() -> None:
+    with ClientTools() as ct:
+        ct.register("t", lambda p: "x")
+        assert ct.execute_tool_async("t", {}).result(WAIT) == "x"
+    join_pool_threads()
+
+
+def test_close_cancels_queued_calls_with_an_error_result() -> None:
+    ct = ClientTools(max_workers=1)
+    release = threading.Event()
+    started = threading.Event()
+
+    def blocker(params: dict[str, Any]) -> str:
+        started.set()
+        assert release.wait(WAIT)
+        return "ran"
+
+    class ReleaseOnCancel(Results):
+        # The cancellation is reported before close() waits (if it does) for running
+        # tools, so the blocked tool is released from here, whichever close() semantics.
+        def __call__(self, message: dict[str, Any]) -> None:
+            super().__call__(message)
+            release.set()
+
+    ct.register("blocker", blocker)
+    ct.register("queued", lambda p: "should not run")
+    running, queued = Results(), ReleaseOnCancel()
+    try:
+        f_running = ct.execute_tool_async("blocker", {"tool_call_id": "r"}, running)
+        assert started.wait(WAIT)
+        f_queued = ct.execute_tool_async("queued", {"tool_call_id": "q"}, queued)
+        ct.close()
+        message = queued.get()
+        assert f_queued.cancelled()
+        assert message["is_error"] is True
+        assert message["tool_call_id"] == "q"
+        assert "cancelled" in message["result"]
+        assert f_running.result(WAIT) == "ran", "a tool already running is not interrupted"
+        assert running.get()["result"] == "ran"
+        assert queued.count == 1
+    finally:
+        release.set()
+        join_pool_threads()
+
+
+def executor_of(ct: ClientTools) -> object:
+    return ct._executor
+
+
+def test_acquire_release_refcount_shuts_down_on_last_release() -> None:
+    ct = ClientTools()
+    ct.register("t", lambda p: "ok")
+    try:
+        ct._acquire()
+        ct._acquire()
+        assert ct.execute_tool_async("t", {}).result(WAIT) == "ok"
+        pool = executor_of(ct)
+        assert pool is not None
+        ct._release()  # one user left: the pool stays
+        assert executor_of(ct) is pool
+        assert ct.execute_tool_async("t", {}).result(WAIT) == "ok"
+        assert executor_of(ct) is pool
+        ct._release()  # the last user: the pool is shut down
+        assert executor_of(ct) is None
+        join_pool_threads()
+        # Usable again afterwards, with a new pool.
+        ct._acquire()
+        assert ct.execute_tool_async("t", {}).result(WAIT) == "ok"
+        assert executor_of(ct) is not None
+        assert executor_of(ct) is not pool
+        ct._release()
+        assert executor_of(ct) is None
+    finally:
+        ct.close()
+        join_pool_threads()
+
+
+def test_extra_release_does_not_go_negative() -> None:
+    ct = ClientTools()
+    ct.register("t", lambda p: "ok")
+    try:
+        ct._release()  # nobody acquired: harmless
+        ct._release()
+        ct._acquire()
+        assert ct.execute_tool_async("t", {}).result(WAIT) == "ok"
+        pool = executor_of(ct)
+        ct._acquire()
+        ct._release()
+        assert executor_of(ct) is pool, "a negative count would have shut the pool early"
+        ct._release()
+        assert executor_of(ct) is None
+    finally:
+        ct.close()
+        join_pool_threads()
+
+
+def test_many_concurrent_callers_each_get_exactly_one_result() -> None:
+    ct = ClientTools(max_workers=4, max_pending=1000)
+    ct.register("sq", lambda p: p["i"] ** 2)
+    results = Results()
+    callers_done = threading.Barrier(5, timeout=WAIT)
+
+    def caller(base: int) -> None:
+        for i in range(base, base + 25):
+            ct.execute_tool_async("sq", {"tool_call_id": str(i), "i": i}, results)
+        callers_done.wait()
+
+    threads = [
+        threading.Thread(target=caller, args=(k * 25,), name=f"test-caller-{k}") for k in range(4)
+    ]
+    try:
+        for t in threads:
+            t.start()
+        callers_done.wait()
+        got = {}
+        for _ in range(100):
+            message = results.get()
+            assert message["tool_call_id"] not in got
+            got[message["tool_call_id"]] = message["result"]
+        assert got == {str(i): str(i * i) for i in range(100)}
+    finally:
+        for t in threads:
+            t.join(WAIT)
+        ct.close()
+        join_pool_threads()
