@@ -109,15 +109,16 @@ class ElevenLabsClient:
             raise ConnectionFailedError(
                 f"could not fetch a signed URL from {url}: {type(exc).__name__}"
             ) from None
+        detail = _detail(response).replace(self._api_key, "***")  # servers may echo it
         if response.status_code in (401, 403):
             raise AuthenticationError(
-                f"signed URL refused (HTTP {response.status_code}): {_detail(response)}; check "
+                f"signed URL refused (HTTP {response.status_code}): {detail}; check "
                 "the API key and that the agent belongs to its account",
                 response.status_code,
             )
         if response.status_code != 200:
             raise ConnectionFailedError(
-                f"signed URL request failed (HTTP {response.status_code}): {_detail(response)}",
+                f"signed URL request failed (HTTP {response.status_code}): {detail}",
                 response.status_code,
             )
         try:

@@ -112,7 +112,7 @@ class ClientTools:
     note, anything else JSON-encoded. ``async def`` handlers run to completion on a
     worker. A handler that raises sends ``is_error: true`` with the exception's text.
 
-    ``max_workers`` bounds the pool (default ``min(8, cpu + 4)``). ``timeout`` (seconds)
+    ``max_workers`` bounds the pool (default 8). ``timeout`` (seconds)
     answers a call that runs longer with an error result (the handler keeps running
     to its end; its late result is dropped). ``max_pending`` bounds the calls queued or
     running at once, so a server cannot make the client pile up unbounded work: calls
@@ -263,8 +263,21 @@ class ClientTools:
             failed.set_exception(exc)
             call.finish(str(exc), True, exc)
             return failed
-        future = executor.submit(self.handle, tool_name, params)
-        future.add_done_callback(lambda f: self._on_future_done(call, f))
+        def run() -> Any:
+            # Runs on a worker: the result is reported from here, so callbacks always run
+            # on a worker thread (add_done_callback would run them on the submitting
+            # thread if the tool finished first).
+            try:
+                result = self.handle(tool_name, params)
+            except BaseException as exc:
+                self._report(call, None, exc)
+                raise
+            self._report(call, result, None)
+            return result
+
+        future = executor.submit(run)
+        # Only for calls cancelled before they ran (the pool was shut down).
+        future.add_done_callback(lambda f: self._report_cancelled(call) if f.cancelled() else None)
         if watchdog is not None and self.timeout is not None:
             timeout = self.timeout
 
@@ -280,27 +293,24 @@ class ClientTools:
             watchdog.schedule(timeout, expire)
         return future
 
-    def _on_future_done(self, call: _Call, future: Future[Any]) -> None:
-        # Runs on the worker thread that ran the tool (or the cancelling thread).
+    def _report(self, call: _Call, result: Any, error: BaseException | None) -> None:
         with self._lock:
             self._pending -= 1
-        if future.cancelled():
-            exc: BaseException = ToolError(
-                "tool call cancelled: the conversation ended", call.tool_name
-            )
-            call.finish(str(exc), True, exc)
-            return
-        error = future.exception()
         if error is not None:
-            message = str(error) or type(error).__name__
-            call.finish(message, True, error)
+            call.finish(str(error) or type(error).__name__, True, error)
             return
         try:
-            text = client_tool_result_text(call.tool_name, future.result())
+            text = client_tool_result_text(call.tool_name, result)
         except LocalProtocolError as exc:
             call.finish(str(exc), True, exc)
             return
         call.finish(text, False, None)
+
+    def _report_cancelled(self, call: _Call) -> None:
+        with self._lock:
+            self._pending -= 1
+        exc = ToolError("tool call cancelled: the conversation ended", call.tool_name)
+        call.finish(str(exc), True, exc)
 
     # -- lifetime -------------------------------------------------------------------------
 

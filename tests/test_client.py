@@ -339,12 +339,6 @@ def test_auth_failure_with_a_non_json_body(api: FakeApi) -> None:
     assert "Unauthorized" in str(info.value)  # the HTTP reason phrase
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: errors.py promises no exception message ever contains an API key, but "
-    "_client._detail() copies the server's detail message verbatim (only URL-style "
-    "key=value secrets are redacted), so a server that echoes the key leaks it",
-)
 def test_auth_failure_never_echoes_the_key_even_if_the_server_does(api: FakeApi) -> None:
     api.reply(
         401, {"detail": {"status": "invalid_api_key", "message": f"Key {API_KEY} is invalid"}}

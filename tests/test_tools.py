@@ -424,12 +424,6 @@ def test_handler_and_callback_run_on_a_pool_thread(tools: ClientTools) -> None:
     assert names[0] != caller
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: execute_tool_async documents its callback runs 'on a worker thread', but "
-    "when the handler finishes before add_done_callback() is reached, the callback runs "
-    "on the caller's thread (_submit adds _on_future_done after executor.submit returns)",
-)
 def test_callback_runs_on_a_worker_thread_even_when_the_tool_is_fast(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
