@@ -1,0 +1,830 @@
+"""``AgentSimulator``: a protocol-faithful ElevenLabs Agents server on loopback.
+
+A real WebSocket server (``websockets.sync.server``, threads only) that speaks the Agents
+contract, for tests and for offline development (``elevenconv simulate --port N``)::
+
+    with AgentSimulator(ping_interval=None, audio_realtime_factor=None) as sim:
+        conv = Conversation(agent_id="sim-agent", base_url=sim.base_url, ...)
+        ...
+        sim.wait_for_client_message("client_tool_result", timeout=5)
+        assert not sim.violations
+
+What it serves:
+
+* ``GET /v1/convai/conversation/get-signed-url?agent_id=X`` (header ``xi-api-key``): 200
+  ``{"signed_url": ...}`` with a single-use, expiring ``conversation_signature``; 401 for a
+  wrong key, 404 for an unknown agent, with JSON ``{"detail": {...}}`` bodies.
+* ``/v1/convai/conversation?agent_id=X`` (WebSocket): refused at the handshake with 404
+  (unknown agent) or 403 (bad, expired or reused signature; private agent without one).
+* Per connection either the default agent (:mod:`elevenconv.testing._sim_agent`: first
+  message, rule-based replies, client tool calls, ``end_call``, pings, speech and VAD,
+  barge-in) or a script of :class:`Step` s, plus :class:`Faults`.
+
+Every message the simulator sends is checked with ``validate_server_message`` first
+(``strict=True``: an invalid one is a :class:`SimulatorError`, raised again by
+:meth:`AgentSimulator.close`). Every client message is checked with
+``validate_client_message``; a violation is recorded in :attr:`AgentSimulator.violations`
+and answered like the service does: an ``error`` (1008, ``invalid_message``), then close 1008.
+
+Threads, all named ``elevenconv-sim-*``: one server (accept) thread; per connection the
+handler thread (``-conn-N``, the only reader; it runs scripts), websockets' reader
+(``-recv-N``) and, for the default agent, one agent thread (``-agent-N``). :meth:`close`
+shuts the server down (open connections get 1001), joins all of them within
+``shutdown_timeout`` and raises :class:`SimulatorError` naming any that did not stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http
+import json
+import logging
+import secrets
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
+from websockets.sync.server import Server, ServerConnection, serve
+
+from elevenconv.errors import ConfigurationError, SessionStateError
+from elevenconv.testing._contract import client_message_kind
+from elevenconv.testing._sim_agent import GOODBYE, AgentWorker
+from elevenconv.testing._sim_audio import EnergyVad, TtsEngine
+from elevenconv.testing._sim_script import ScriptFailure, run_steps
+from elevenconv.testing._sim_session import (
+    DEFAULT_FIRST_MESSAGE,
+    DEFAULT_TOOLS,
+    AgentConfig,
+    Recorder,
+    ResponseRecord,
+    SessionOver,
+    SimSession,
+    SimulatorError,
+    ToolRule,
+    TranscriptEntry,
+    Violation,
+)
+from elevenconv.testing._sim_steps import MIB, Faults, MessageMatch, Step, script_takes_handshake
+
+__all__ = [
+    "DEFAULT_AGENT_ID",
+    "DEFAULT_FIRST_MESSAGE",
+    "DEFAULT_TOOLS",
+    "GOODBYE",
+    "AgentConfig",
+    "AgentSimulator",
+    "Faults",
+    "HttpRecord",
+    "ResponseRecord",
+    "SimSession",
+    "SimulatorError",
+    "Step",
+    "ToolRule",
+    "TranscriptEntry",
+    "Violation",
+    "main",
+    "serve_forever",
+]
+
+logger = logging.getLogger("elevenconv.testing.simulator")
+
+#: The agent every simulator has: public, voice, default tools.
+DEFAULT_AGENT_ID = "sim-agent"
+
+SIGNED_URL_PATH = "/v1/convai/conversation/get-signed-url"
+CONVERSATION_PATH = "/v1/convai/conversation"
+
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True)
+class HttpRecord:
+    """One HTTP request the simulator answered (signed URL, or a WebSocket handshake).
+
+    Fields:
+        t: ``time.monotonic()`` when it arrived.
+        path: request path with query.
+        status: the status answered (101 for an accepted WebSocket handshake).
+        headers: the request headers (names lower-cased).
+    """
+
+    t: float
+    path: str
+    status: int
+    headers: Mapping[str, str]
+
+
+class _SimConnection(ServerConnection):
+    """A ServerConnection that carries what the handshake decided about it."""
+
+    sim_index: int = -1
+    sim_request: tuple[AgentConfig, dict[str, str], bool] | None = None
+
+
+class AgentSimulator:
+    """A simulated ElevenLabs Agents service on a loopback port.
+
+    Use as a context manager (or :meth:`start` / :meth:`close`). Any thread may call its
+    methods; the ``wait_for_*`` methods block on a Condition, never poll.
+
+    Args:
+        agents: extra :class:`AgentConfig` s; the public agent ``"sim-agent"`` always exists
+            (pass an AgentConfig with that id to change it).
+        api_key: the key ``get-signed-url`` accepts in the ``xi-api-key`` header.
+        host / port: where to listen (``port=0``: any free port, see :attr:`port`).
+        script: run these :class:`Step` s on every connection instead of the default agent
+            (after the init/metadata exchange, unless the script does it itself).
+        faults: :class:`Faults` (or a dict of its fields) for every agent, replacing their own.
+        ping_interval: seconds between ``ping`` messages of the default agent (``None``: none).
+        audio_realtime_factor: pace of agent audio, 1.0 = real time (barge-in works as with
+            the service); ``None`` sends it as fast as possible.
+        audio_chunk_seconds: duration of one ``audio`` message.
+        tts: ``"auto"`` (espeak-ng when installed, else a synthetic voice), ``"espeak"``
+            or ``"tone"`` (deterministic synthetic voice).
+        vad: keyword arguments for :class:`~elevenconv.testing._sim_audio.EnergyVad`
+            (``threshold_db``, ``start_seconds``, ``end_silence``, ``min_utterance``,
+            ``score_interval``).
+        strict: raise :class:`SimulatorError` for an outgoing message that breaks the
+            contract (a simulator bug) instead of only recording it.
+        signed_url_ttl: seconds a signature stays valid.
+        close_timeout: seconds to wait for the client's close frame after closing.
+        shutdown_timeout: seconds :meth:`close` may take in all.
+        max_size: largest client message accepted (bytes; the simulator itself may send
+            anything, e.g. :meth:`Step.huge_text`).
+        record_audio: ``False`` keeps audio messages out of the transcript.
+    """
+
+    def __init__(
+        self,
+        agents: Iterable[AgentConfig] | None = None,
+        *,
+        api_key: str = "sim-api-key",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        script: Sequence[Step] | None = None,
+        faults: Faults | Mapping[str, Any] | None = None,
+        ping_interval: float | None = 5.0,
+        audio_realtime_factor: float | None = 1.0,
+        audio_chunk_seconds: float = 0.25,
+        tts: TtsEngine = "auto",
+        vad: Mapping[str, float] | None = None,
+        strict: bool = True,
+        signed_url_ttl: float = 900.0,
+        close_timeout: float = 2.0,
+        shutdown_timeout: float = 10.0,
+        max_size: int | None = 64 * MIB,
+        record_audio: bool = True,
+    ) -> None:
+        """Configure the simulator; nothing listens until :meth:`start`."""
+        if script is not None and not all(isinstance(s, Step) for s in script):
+            raise ConfigurationError("script must be a sequence of Step objects")
+        if audio_chunk_seconds <= 0:
+            raise ConfigurationError("audio_chunk_seconds must be > 0")
+        self.api_key = api_key
+        self.host = host
+        self._requested_port = port
+        self.script: tuple[Step, ...] | None = tuple(script) if script is not None else None
+        self.faults = Faults.coerce(faults)
+        self.ping_interval = ping_interval
+        self.audio_realtime_factor = audio_realtime_factor
+        self.audio_chunk_seconds = audio_chunk_seconds
+        self.tts: TtsEngine = tts
+        self.vad_options = dict(vad or {})
+        EnergyVad(**self.vad_options)  # fail early on a bad option
+        self.strict = strict
+        self.signed_url_ttl = signed_url_ttl
+        self.close_timeout = close_timeout
+        self.shutdown_timeout = shutdown_timeout
+        self.max_size = max_size
+        self.http_requests: list[HttpRecord] = []
+
+        self._recorder = Recorder(record_audio=record_audio)
+        self._agents: dict[str, AgentConfig] = {DEFAULT_AGENT_ID: AgentConfig(DEFAULT_AGENT_ID)}
+        for agent in agents or ():
+            if not isinstance(agent, AgentConfig):
+                raise ConfigurationError(f"agents must be AgentConfig objects, got {agent!r}")
+            self._agents[agent.agent_id] = agent
+        self._tokens: dict[str, tuple[str, float]] = {}
+        self._used_tokens: set[str] = set()
+        self._sessions: list[SimSession] = []
+        self._workers: list[AgentWorker] = []
+        self._threads: list[threading.Thread] = []
+        self._connect_hooks: list[Callable[[SimSession], None]] = []
+        self._message_hooks: list[Callable[[SimSession, Any], None]] = []
+        self._lock = threading.Lock()
+        self._conn_count = 0
+        self._stopping = threading.Event()
+        self._server: Server | None = None
+        self._server_thread: threading.Thread | None = None
+        self._port: int | None = None
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> AgentSimulator:
+        """Bind the port and start serving (the server thread). Raises
+        :class:`~elevenconv.errors.SessionStateError` if started twice."""
+        with self._lock:
+            if self._server is not None or self._closed:
+                raise SessionStateError("AgentSimulator.start() called twice; create a new one")
+            self._server = serve(
+                self._handle,
+                self.host,
+                self._requested_port,
+                process_request=self._process_request,
+                # websockets types this as a class; any factory with its signature works.
+                create_connection=cast("type[ServerConnection]", self._create_connection),
+                compression=None,
+                ping_interval=None,  # the protocol's own ping/pong is simulated instead
+                close_timeout=self.close_timeout,
+                max_size=self.max_size,
+                logger=logger,
+            )
+            self._port = self._server.socket.getsockname()[1]
+            self._server_thread = threading.Thread(
+                target=self._server.serve_forever,
+                name=f"elevenconv-sim-server-{self._port}",
+                daemon=True,
+            )
+            self._server_thread.start()
+        return self
+
+    def close(self, *, raise_errors: bool = True) -> None:
+        """Stop: close open connections (1001), stop and join every thread. Idempotent.
+
+        Any thread except the simulator's own. Raises :class:`SimulatorError` if a thread
+        is still alive after ``shutdown_timeout`` seconds, or (``strict`` and
+        ``raise_errors``) if the simulator sent or tried to send a message that breaks
+        the contract.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            server, server_thread = self._server, self._server_thread
+        self._stopping.set()
+        with self._recorder.cond:
+            self._recorder.cond.notify_all()
+        if server is None:
+            return
+        deadline = time.monotonic() + self.shutdown_timeout
+        for worker in list(self._workers):
+            worker.stop()
+        # Clients in tests often sit idle while the simulator stops: a short wait for
+        # their close frame is enough on loopback, a long one only slows every test down.
+        with server.lock:
+            for conn in server.all_connections:
+                conn.close_timeout = min(self.close_timeout, 0.5)
+        shutdown = threading.Thread(
+            target=server.shutdown, name="elevenconv-sim-shutdown", daemon=True
+        )
+        shutdown.start()
+        # Most of the budget for a polite shutdown; then cut the sockets of connections
+        # whose close handshake hangs (a client that stopped reading blocks our sendall).
+        shutdown.join(max(0.0, (deadline - time.monotonic()) * 0.7))
+        if shutdown.is_alive():
+            self._abort_connections(server)
+            shutdown.join(max(0.0, deadline - time.monotonic()))
+        threads = [shutdown]
+        if server_thread is not None:
+            threads.append(server_thread)
+        with self._lock:
+            threads += self._threads
+        threads += [w.thread for w in self._workers]
+        for thread in threads:
+            if thread.ident is not None and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in threads if t.is_alive()]
+        if alive:
+            raise SimulatorError(
+                f"simulator threads still running {self.shutdown_timeout} s after close(): "
+                f"{alive}; a client that neither reads nor closes can cause this"
+            )
+        if raise_errors and self.strict and self.contract_errors:
+            raise SimulatorError(
+                "the simulator sent messages that break the contract (a simulator bug):\n"
+                + "\n".join(self.contract_errors)
+            )
+
+    @staticmethod
+    def _abort_connections(server: Server) -> None:
+        with server.lock:
+            connections = list(server.all_connections)
+        for conn in connections:
+            try:
+                conn.socket.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close_socket()
+
+    def __enter__(self) -> AgentSimulator:
+        """Start (if not started) and return the simulator."""
+        if self._server is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """:meth:`close`; contract errors are raised only if the block itself succeeded."""
+        self.close(raise_errors=exc_type is None)
+
+    def serve_forever(self) -> None:
+        """Block until :meth:`close` is called from another thread (or Ctrl-C)."""
+        if self._server is None:
+            self.start()
+        self._stopping.wait()
+
+    # -- addresses ---------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The TCP port (after :meth:`start`)."""
+        if self._port is None:
+            raise SessionStateError("the simulator is not started: call start() or use `with`")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT``: the API base URL to give a client."""
+        return f"http://{self.host}:{self.port}"
+
+    def ws_url(self, agent_id: str = DEFAULT_AGENT_ID, **params: str) -> str:
+        """The conversation WebSocket URL for ``agent_id`` (extra query ``params`` appended)."""
+        query = urlencode({"agent_id": agent_id, **params})
+        return f"ws://{self.host}:{self.port}{CONVERSATION_PATH}?{query}"
+
+    def signed_url(self, agent_id: str = DEFAULT_AGENT_ID) -> str:
+        """Mint a signed URL directly (what ``get-signed-url`` returns)."""
+        if agent_id not in self._agents:
+            raise ConfigurationError(f"unknown agent {agent_id!r}")
+        token = secrets.token_urlsafe(24)
+        with self._lock:
+            self._tokens[token] = (agent_id, time.monotonic() + self.signed_url_ttl)
+        return self.ws_url(agent_id, conversation_signature=token)
+
+    # -- configuration -------------------------------------------------------------------------
+
+    @property
+    def agents(self) -> Mapping[str, AgentConfig]:
+        """The agents by id (a copy)."""
+        with self._lock:
+            return dict(self._agents)
+
+    def add_agent(
+        self,
+        agent_id: str,
+        *,
+        private: bool = False,
+        first_message: str | None = DEFAULT_FIRST_MESSAGE,
+        output_format: str = "pcm_16000",
+        input_format: str = "pcm_16000",
+        tools: Mapping[str, ToolRule | tuple[str, Mapping[str, Any]] | str] | None = None,
+        text_only: bool = False,
+        language: str = "en",
+        user_transcript: str = "(spoken {duration:.1f} s)",
+        respond: Callable[[str], str | None] | None = None,
+        allow_overrides: bool = True,
+        faults: Faults | Mapping[str, Any] | None = None,
+    ) -> AgentConfig:
+        """Add (or replace) an agent and return its :class:`AgentConfig`.
+
+        ``tools`` maps a keyword to a :class:`ToolRule`, a ``(tool_name, parameters)``
+        pair or a tool name: ``{"weather": ("get_weather", {"city": "Paris"})}`` makes
+        "what's the weather?" call the client tool ``get_weather``. ``None`` keeps the
+        default (``"time"`` -> ``get_current_time``). See :class:`AgentConfig` for the rest.
+        Takes effect for connections opened afterwards.
+        """
+        config = AgentConfig(
+            agent_id,
+            private=private,
+            first_message=first_message,
+            output_format=output_format,
+            input_format=input_format,
+            tools=DEFAULT_TOOLS if tools is None else tools,  # type: ignore[arg-type]
+            text_only=text_only,
+            language=language,
+            user_transcript=user_transcript,
+            respond=respond,
+            allow_overrides=allow_overrides,
+            faults=Faults.coerce(faults) or Faults(),
+        )
+        with self._lock:
+            self._agents[agent_id] = config
+        return config
+
+    def on_connect(self, callback: Callable[[SimSession], None]) -> Callable[[SimSession], None]:
+        """Call ``callback(session)`` on each new connection (handler thread, before the
+        handshake messages). Usable as a decorator. Exceptions are recorded in :attr:`errors`."""
+        self._connect_hooks.append(callback)
+        return callback
+
+    def on_client_message(
+        self, callback: Callable[[SimSession, Any], None]
+    ) -> Callable[[SimSession, Any], None]:
+        """Call ``callback(session, message)`` for each valid client message (handler
+        thread, after recording it). ``session.send(...)`` may be used to answer.
+        Usable as a decorator. Exceptions are recorded in :attr:`errors`."""
+        self._message_hooks.append(callback)
+        return callback
+
+    # -- recorded data -------------------------------------------------------------------------
+
+    @property
+    def transcript(self) -> list[TranscriptEntry]:
+        """Every message in both directions, in order (a copy)."""
+        with self._recorder.cond:
+            return list(self._recorder.transcript)
+
+    @property
+    def violations(self) -> list[Violation]:
+        """Client messages that broke the contract (a copy)."""
+        with self._recorder.cond:
+            return list(self._recorder.violations)
+
+    @property
+    def errors(self) -> list[str]:
+        """Script failures, hook exceptions, internal errors (a copy)."""
+        with self._recorder.cond:
+            return list(self._recorder.errors)
+
+    @property
+    def contract_errors(self) -> list[str]:
+        """Outgoing messages that broke the contract: simulator bugs (a copy)."""
+        with self._recorder.cond:
+            return list(self._recorder.contract_errors)
+
+    @property
+    def sessions(self) -> list[SimSession]:
+        """One :class:`SimSession` per accepted WebSocket connection, in order (a copy)."""
+        with self._recorder.cond:
+            return list(self._sessions)
+
+    def messages_from_client(
+        self, type: MessageMatch | None = None, *, session: int | None = None
+    ) -> list[Any]:
+        """Decoded client messages, optionally of one kind (or matching a predicate)."""
+        return self._messages("in", type, session)
+
+    def messages_to_client(
+        self, type: MessageMatch | None = None, *, session: int | None = None
+    ) -> list[Any]:
+        """Messages the simulator sent (dicts only), optionally of one ``type``."""
+        return self._messages("out", type, session)
+
+    def _messages(
+        self, direction: str, match: MessageMatch | None, session: int | None
+    ) -> list[Any]:
+        return [
+            e.message
+            for e in self.transcript
+            if e.direction == direction and _entry_matches(e, match, session)
+        ]
+
+    def wait_for_client_message(
+        self,
+        type: MessageMatch,
+        timeout: float = 5.0,
+        *,
+        count: int = 1,
+        session: int | None = None,
+    ) -> Any:
+        """Block until the client has sent ``count`` messages of kind ``type`` (or matching
+        a predicate); return the ``count``-th. Raises ``TimeoutError`` after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        found = 0
+        scanned = 0
+        with self._recorder.cond:
+            while True:
+                entries = self._recorder.transcript
+                for entry in entries[scanned:]:
+                    if entry.direction == "in" and _entry_matches(entry, type, session):
+                        found += 1
+                        if found == count:
+                            return entry.message
+                scanned = len(entries)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stopping.is_set():
+                    kinds = [e.kind for e in entries if e.direction == "in"][-20:]
+                    raise TimeoutError(
+                        f"the client sent {found} of {count} {_describe(type)} message(s) "
+                        f"within {timeout} s; its last messages: {kinds}"
+                    )
+                self._recorder.cond.wait(remaining)
+
+    def wait_for_session(self, timeout: float = 5.0, index: int = 0) -> SimSession:
+        """Block until connection number ``index`` (0-based) is accepted; return it."""
+        return self._wait(
+            lambda: self._sessions[index] if len(self._sessions) > index else None,
+            timeout,
+            f"connection #{index}",
+        )
+
+    def wait_for_session_end(self, timeout: float = 5.0, index: int | None = None) -> SimSession:
+        """Block until session ``index`` has ended (default: until there is a session and
+        all sessions so far have ended; returns the last). Raises ``TimeoutError``."""
+
+        def check() -> SimSession | None:
+            if index is not None:
+                if len(self._sessions) > index and self._sessions[index].ended:
+                    return self._sessions[index]
+                return None
+            if self._sessions and all(s.ended for s in self._sessions):
+                return self._sessions[-1]
+            return None
+
+        return self._wait(check, timeout, "the end of the session")
+
+    def _wait(
+        self, check: Callable[[], SimSession | None], timeout: float, what: str
+    ) -> SimSession:
+        deadline = time.monotonic() + timeout
+        with self._recorder.cond:
+            while True:
+                result = check()
+                if result is not None:
+                    return result
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no {what} within {timeout} s")
+                self._recorder.cond.wait(remaining)
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    def _create_connection(
+        self, sock: socket.socket, protocol: ServerProtocol, server: Server, **kwargs: Any
+    ) -> ServerConnection:
+        # Runs on websockets' handler thread for the new TCP connection: name it and the
+        # reader thread the connection starts, so leaks are visible and close() joins them.
+        with self._lock:
+            self._conn_count += 1
+            index = self._conn_count
+            self._threads = [t for t in self._threads if t.is_alive()]
+        handler_thread = threading.current_thread()
+        handler_thread.name = f"elevenconv-sim-conn-{index}"
+        conn = _SimConnection(sock, protocol, server, **kwargs)
+        conn.sim_index = index
+        conn.recv_events_thread.name = f"elevenconv-sim-recv-{index}"
+        with self._lock:
+            self._threads += [handler_thread, conn.recv_events_thread]
+        return conn
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        query = dict(parse_qsl(url.query))
+        headers = {k.lower(): v for k, v in request.headers.raw_items()}
+        response = self._route(conn, url.path, query, request.headers)
+        status = 101 if response is None else response.status_code
+        with self._lock:
+            self.http_requests.append(HttpRecord(time.monotonic(), request.path, status, headers))
+        return response
+
+    def _route(
+        self, conn: ServerConnection, path: str, query: dict[str, str], headers: Headers
+    ) -> Response | None:
+        agent = self._agents.get(query.get("agent_id", ""))
+        if path == SIGNED_URL_PATH:
+            if headers.get("xi-api-key") != self.api_key:
+                return _json_response(
+                    401, {"detail": {"status": "invalid_api_key", "message": "Invalid API key"}}
+                )
+            if agent is None:
+                return _not_found_agent(query.get("agent_id"))
+            return _json_response(200, {"signed_url": self.signed_url(agent.agent_id)})
+        if path != CONVERSATION_PATH:
+            return _json_response(404, {"detail": {"status": "not_found", "message": "Not Found"}})
+        if agent is None:
+            return _not_found_agent(query.get("agent_id"))
+        signature = query.get("conversation_signature")
+        signed = False
+        if signature is not None:
+            problem = self._consume_token(signature, agent.agent_id)
+            if problem:
+                return _json_response(
+                    403, {"detail": {"status": "invalid_signature", "message": problem}}
+                )
+            signed = True
+        elif agent.private and headers.get("xi-api-key") != self.api_key:
+            return _json_response(
+                403,
+                {
+                    "detail": {
+                        "status": "authentication_required",
+                        "message": "This agent is private: use a signed URL or an API key",
+                    }
+                },
+            )
+        if isinstance(conn, _SimConnection):
+            conn.sim_request = (agent, query, signed)
+        return None
+
+    def _consume_token(self, token: str, agent_id: str) -> str | None:
+        with self._lock:
+            if token in self._used_tokens:
+                return "This signed URL was already used: fetch a new one"
+            entry = self._tokens.pop(token, None)
+            if entry is None:
+                return "Invalid conversation signature"
+            self._used_tokens.add(token)
+        owner, expires = entry
+        if owner != agent_id:
+            return "The signature was issued for another agent"
+        if time.monotonic() > expires:
+            return "This signed URL has expired: fetch a new one"
+        return None
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _handle(self, conn: ServerConnection) -> None:
+        assert isinstance(conn, _SimConnection)
+        assert conn.sim_request is not None
+        agent, query, signed = conn.sim_request
+        with self._recorder.cond:
+            session = SimSession(
+                len(self._sessions),
+                conn,
+                agent,
+                query,
+                signed=signed,
+                recorder=self._recorder,
+                strict=self.strict,
+                hooks=self._message_hooks,
+                tts=self.tts,
+                audio_chunk_seconds=self.audio_chunk_seconds,
+            )
+            self._sessions.append(session)
+            self._recorder.cond.notify_all()
+        for hook in list(self._connect_hooks):
+            try:
+                hook(session)
+            except Exception:
+                session.record_error("on_connect hook failed:\n" + traceback.format_exc())
+        try:
+            if self.script is not None:
+                self._run_script(session, self.script)
+            else:
+                self._run_default(session)
+        except (ConnectionClosed, SessionOver):
+            pass
+        except SimulatorError:
+            _close_quietly(session, 1011, "simulator sent an invalid message")
+        except Exception:
+            session.record_error("handler failed:\n" + traceback.format_exc())
+            _close_quietly(session, 1011, "simulator failed")
+        finally:
+            # Wait for websockets' reader so that the close frames are known.
+            conn.recv_events_thread.join(self.close_timeout + 1.0)
+            session.finish()
+
+    def _run_script(self, session: SimSession, steps: tuple[Step, ...]) -> None:
+        if not script_takes_handshake(steps):
+            session.receive(None)  # the client's initiation (applied by receive())
+            session.send_metadata()
+        try:
+            run_steps(session, steps, stopping=self._stopping)
+        except ScriptFailure as exc:
+            session.record_error(f"script failed: {exc}")
+            _close_quietly(session, 1011, "simulator script failed")
+            return
+        while True:  # the script is done: keep recording until the client leaves
+            session.receive(None)
+
+    def _run_default(self, session: SimSession) -> None:
+        faults = self.faults or session.agent.faults
+        first = session.receive(None)
+        pending = (
+            None if client_message_kind(first) == "conversation_initiation_client_data" else first
+        )
+        if faults.metadata_delay and self._stopping.wait(faults.metadata_delay):
+            return
+        if not faults.send_metadata:
+            while True:  # never answer; record until the client gives up
+                session.receive(None)
+        session.send_metadata()
+        worker = AgentWorker(
+            session,
+            faults=faults,
+            ping_interval=self.ping_interval,
+            realtime_factor=self.audio_realtime_factor,
+            stopping=self._stopping,
+            vad=EnergyVad(**self.vad_options),
+        )
+        with self._lock:
+            self._workers = [w for w in self._workers if w.thread.is_alive()]
+            self._workers.append(worker)
+        worker.start()
+        try:
+            if pending is not None:
+                worker.feed(pending)
+            while True:
+                worker.feed(session.receive(None))
+        finally:
+            worker.stop()
+            if not worker.join(self.close_timeout + 2.0):
+                session.record_error("agent thread did not stop in time")
+
+
+def _close_quietly(session: SimSession, code: int, reason: str) -> None:
+    try:
+        session.close(code, reason)
+    except Exception:  # noqa: S110 - best effort on the way out
+        pass
+
+
+def _json_response(status: int, body: Any) -> Response:
+    data = json.dumps(body).encode()
+    phrase = http.HTTPStatus(status).phrase
+    headers = Headers(
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(data))),
+            ("Connection", "close"),
+        ]
+    )
+    return Response(status, phrase, headers, data)
+
+
+def _not_found_agent(agent_id: str | None) -> Response:
+    return _json_response(
+        404,
+        {"detail": {"status": "agent_not_found", "message": f"Agent {agent_id!r} not found"}},
+    )
+
+
+def _entry_matches(entry: TranscriptEntry, match: MessageMatch | None, session: int | None) -> bool:
+    if session is not None and entry.session != session:
+        return False
+    if match is None:
+        return True
+    if isinstance(match, str):
+        return entry.kind == match
+    if not isinstance(entry.message, dict):
+        return False
+    try:
+        return bool(match(entry.message))
+    except Exception:
+        return False
+
+
+def _describe(match: MessageMatch) -> str:
+    return repr(match) if isinstance(match, str) else getattr(match, "__name__", "matching")
+
+
+# -- standalone ------------------------------------------------------------------------------
+
+
+def serve_forever(port: int = 8765, host: str = "127.0.0.1", **options: Any) -> None:
+    """Run a simulator until Ctrl-C (for ``elevenconv simulate --port N``).
+
+    ``options`` are :class:`AgentSimulator` keyword arguments. Prints where it listens.
+    """
+    with AgentSimulator(host=host, port=port, **options) as sim:
+        print(
+            f"elevenconv agent simulator on {sim.base_url}\n"
+            f"  agent id: {DEFAULT_AGENT_ID}   api key: {sim.api_key}\n"
+            f"  websocket: {sim.ws_url()}\n"
+            "  Ctrl-C to stop",
+            flush=True,
+        )
+        try:
+            sim.serve_forever()
+        except KeyboardInterrupt:
+            pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry: ``python -m elevenconv.testing._simulator --port 8765``."""
+    parser = argparse.ArgumentParser(description="Run the elevenconv agent simulator.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--api-key", default="sim-api-key")
+    parser.add_argument("--ping-interval", type=float, default=5.0)
+    parser.add_argument("--realtime-factor", type=float, default=1.0)
+    parser.add_argument("--tts", choices=("auto", "espeak", "tone"), default="auto")
+    args = parser.parse_args(argv)
+    serve_forever(
+        args.port,
+        args.host,
+        api_key=args.api_key,
+        ping_interval=args.ping_interval or None,
+        audio_realtime_factor=args.realtime_factor or None,
+        tts=args.tts,
+    )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
