@@ -268,8 +268,8 @@ class AgentWorker:
     def _speak(self, text: str, then: Callable[[], None] | None = None) -> None:
         session = self.session
         record = ResponseRecord(session.next_event_id(), text)
-        session.responses.append(record)
         if session.text_only:
+            session.responses.append(record)
             for msg in chat_part_messages(text, record.event_id):
                 session.send(msg)
             session.send(agent_response_message(text, record.event_id))
@@ -283,6 +283,7 @@ class AgentWorker:
         )
         record.chunks_total = len(chunks)
         record.audio_seconds = format_seconds(sum(map(len, chunks)), session.agent.output_format)
+        session.responses.append(record)  # complete before anyone can see it
         utterance = _Utterance(record, chunks, then)
         if self._current is None:
             self._begin(utterance)

@@ -883,3 +883,55 @@ def test_start_twice_and_port_before_start() -> None:
             sim.start()
         assert sim.base_url == f"http://127.0.0.1:{sim.port}"
     sim.close()  # idempotent
+
+
+def test_audio_is_paced_in_real_time(connect: Callable[..., Client]) -> None:
+    # Factor 4: 250 ms chunks every 62.5 ms. Only a lower bound is strict (a loaded machine
+    # may be late, never early).
+    with AgentSimulator(ping_interval=None, audio_realtime_factor=4.0, tts="tone") as sim:
+        client = connect(sim.ws_url())
+        client.start()
+        client.expect("agent_response")
+        record = sim.wait_for_session().responses[0]
+        arrivals = []
+        while len(arrivals) < record.chunks_total:
+            client.expect("audio")
+            arrivals.append(time.monotonic())
+        expected = (record.chunks_total - 1) * 0.25 / 4.0
+        assert expected * 0.9 <= arrivals[-1] - arrivals[0] <= expected + scaled(2.0)
+
+
+def test_standalone_main_runs_until_interrupted() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "elevenconv.testing._simulator", "--port", "0", "--tts", "tone"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("elevenconv agent simulator on http://127.0.0.1:")
+        port = int(first.rsplit(":", 1)[1])
+        ws = websocket.create_connection(
+            f"ws://127.0.0.1:{port}/v1/convai/conversation?agent_id=sim-agent", timeout=scaled(5)
+        )
+        ws.send(json.dumps(INIT))
+        assert json.loads(ws.recv())["type"] == "conversation_initiation_metadata"
+        ws.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=scaled(15)) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=scaled(5))
+        if proc.stdout is not None:
+            proc.stdout.close()
