@@ -4,9 +4,13 @@ A real WebSocket server (``websockets.sync.server``, threads only) that speaks t
 contract, for tests and for offline development (``elevenconv simulate --port N``)::
 
     with AgentSimulator(ping_interval=None, audio_realtime_factor=None) as sim:
-        conv = Conversation(agent_id="sim-agent", base_url=sim.base_url, ...)
-        ...
+        client = ElevenLabsClient(api_key=sim.api_key, base_url=sim.base_url)
+        conv = Conversation(client, "sim-agent", requires_auth=False, text_only=True)
+        conv.start_session()
+        conv.send_user_message("what time is it?")     # the agent calls get_current_time
         sim.wait_for_client_message("client_tool_result", timeout=5)
+        conv.send_user_message("bye")                  # goodbye, end_call, close 1000
+        conv.wait_for_session_end(5)
         assert not sim.violations
 
 What it serves:

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import requests
 import websocket
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from elevenconv.testing import AgentSimulator, Step
 from elevenconv.testing._simulator import (
@@ -935,3 +937,52 @@ def test_standalone_main_runs_until_interrupted() -> None:
             proc.wait(timeout=scaled(5))
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_close_interrupts_a_sleeping_script(connect: Callable[..., Client]) -> None:
+    calls: list[str] = []
+    script = [Step.call(lambda s: calls.append(s.conversation_id)), Step.sleep(60)]
+    sim = AgentSimulator(script=script, **FAST).start()
+    client = connect(sim.ws_url())
+    client.start()
+    sim.wait_for_session()
+    t0 = time.monotonic()
+    sim.close()
+    assert time.monotonic() - t0 < scaled(3)
+    assert calls == [sim.sessions[0].conversation_id]
+    assert sim.sessions[0].ended
+
+
+def test_failing_hook_and_call_step_are_recorded(connect: Callable[..., Client]) -> None:
+    def boom(session: SimSession) -> None:
+        raise ValueError("hook boom")
+
+    with AgentSimulator(script=[Step.call(boom)], **FAST) as sim:
+        sim.on_connect(boom)
+        client = connect(sim.ws_url())
+        client.start()
+        assert client.expect_close()[0] == 1011
+        sim.wait_for_session_end(scaled(5))
+        assert len(sim.errors) == 2
+        assert "on_connect hook failed" in sim.errors[0] and "hook boom" in sim.errors[0]
+        assert "Step.call" in sim.errors[1]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    speech=st.floats(min_value=0.3, max_value=2.0),
+    chunk=st.integers(min_value=1, max_value=4000),
+)
+def test_vad_measures_utterances_whatever_the_chunking(speech: float, chunk: int) -> None:
+    from elevenconv.testing._sim_audio import EnergyVad
+
+    vad = EnergyVad()
+    pcm = bytes(6400) + tone(speech) + bytes(32000)
+    events = []
+    for i in range(0, len(pcm), 2 * chunk):
+        events += vad.process(pcm[i : i + 2 * chunk])
+    kinds = [e.kind for e in events if e.kind != "score"]
+    assert kinds == ["start", "end"]
+    end = next(e for e in events if e.kind == "end")
+    assert end.value == pytest.approx(speech, abs=0.041)
+    assert not vad.in_speech
