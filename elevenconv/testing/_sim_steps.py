@@ -33,7 +33,7 @@ MessageMatch = str | Callable[[Any], bool]
 
 # Step kinds that read from the socket: allowed in scripts only, not in fault lists (those
 # run on the agent thread, which never reads).
-_READING_KINDS = frozenset({"expect", "wait_for", "expect_initiation"})
+_READING_KINDS = frozenset({"expect", "wait_for"})
 
 
 @dataclass(frozen=True, eq=False)
