@@ -3,7 +3,8 @@
 * :class:`FakeWebSocket` -- an in-memory socket to pass as ``websocket_factory``: push
   server messages, read what the client sent, close from the server side. No network.
 * :class:`AgentSimulator` -- a protocol-faithful agent on a real loopback WebSocket
-  server (needs the ``testing`` extra: ``pip install "elevenconv[testing]"``).
+  server, with scripted mode (:class:`Step`), fault injection (:class:`Faults`) and a
+  recorded transcript (needs the ``testing`` extra: ``pip install "elevenconv[testing]"``).
 """
 
 from __future__ import annotations
@@ -13,14 +14,35 @@ from typing import TYPE_CHECKING, Any
 from elevenconv.testing._fake import FakeWebSocket
 
 if TYPE_CHECKING:
-    from elevenconv.testing._simulator import AgentSimulator, Step
+    from elevenconv.testing._simulator import (
+        AgentConfig,
+        AgentSimulator,
+        Faults,
+        SimSession,
+        SimulatorError,
+        Step,
+        ToolRule,
+        TranscriptEntry,
+    )
 
-__all__ = ["AgentSimulator", "FakeWebSocket", "Step"]
+__all__ = [
+    "AgentConfig",
+    "AgentSimulator",
+    "FakeWebSocket",
+    "Faults",
+    "SimSession",
+    "SimulatorError",
+    "Step",
+    "ToolRule",
+    "TranscriptEntry",
+]
+
+_SIMULATOR_NAMES = frozenset(__all__) - {"FakeWebSocket"}
 
 
 def __getattr__(name: str) -> Any:
     # The simulator needs the optional ``websockets`` package: import it on first use only.
-    if name in ("AgentSimulator", "Step"):
+    if name in _SIMULATOR_NAMES:
         from elevenconv.testing import _simulator
 
         return getattr(_simulator, name)
