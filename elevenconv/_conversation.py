@@ -411,6 +411,9 @@ class Conversation(EventEmitter):
                 self._state = "closing"
                 self._initiator = "user"
         if first:
+            # Silence the speaker now, not when the close handshake is over (a round trip,
+            # or close_timeout if the server does not answer): the user hung up.
+            self._silence_for_end()
             try:
                 self._writer_q.put(_Close(1000), timeout=self.close_timeout)
             except queue.Full:
@@ -951,7 +954,11 @@ class Conversation(EventEmitter):
 
     def _on_mic_chunk(self, pcm: bytes) -> None:
         """``input_callback`` given to the audio interface: O(1), never blocks."""
-        if self._state != "active":
+        # "starting" too: the interface is started last in start_session(), after the
+        # metadata, with the writer running; its first chunks may come before the state
+        # turns "active" (a WAV file with realtime=False delivers all of them) and must
+        # not be lost.
+        if self._state not in ("starting", "active"):
             return
         mic = self._mic
         if len(mic) == mic.maxlen:
@@ -1123,6 +1130,8 @@ class Conversation(EventEmitter):
             if not self._protocol.is_audio_current(event_id):
                 self.stats["stale_audio"] += 1
                 return False
+            if self._initiator == "user":
+                return False  # end_session() was called: nothing more is played
             iface.output(out)
         if not self._device_reports_playback:
             now = time.monotonic()
@@ -1131,6 +1140,17 @@ class Conversation(EventEmitter):
         if self.listeners("audio"):
             self._post("audio", pcm, event_id)
         return True
+
+    def _silence_for_end(self) -> None:
+        """end_session(): drop queued audio at once (caller's thread; _initiator is set)."""
+        iface = self.audio_interface
+        if iface is None or not self._iface_started:
+            return
+        try:
+            with self._playback_lock:
+                iface.interrupt()
+        except Exception:
+            self._log.exception("audio interface interrupt() failed")
 
     def _on_device_playback(self, playing: bool) -> None:
         """The device's playback callback (its own thread): O(1)."""
