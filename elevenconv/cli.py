@@ -1,0 +1,1137 @@
+r"""The ``elevenconv`` command: chat with an agent, run the simulator, list sound devices.
+
+::
+
+    elevenconv chat                         # the built-in simulator, offline
+    elevenconv chat --agent-id AGENT_ID     # a real agent (ELEVENLABS_API_KEY if private)
+    elevenconv chat --say "what time is it?" --say bye
+    elevenconv chat --script turns.txt      # one user turn per line, /commands allowed
+    elevenconv simulate --port 8765         # the simulator, for other programs
+    elevenconv devices                      # PortAudio devices
+    python -m elevenconv ...                # the same
+
+``chat`` talks by voice when a sound device is there (``--no-voice`` forces text) and
+always accepts typed text. In a chat, lines starting with ``/`` are commands
+(:data:`COMMANDS`); everything else is said to the agent.
+
+Exit status: 0 when the chat ends normally (``/quit``, end of input, end of the script,
+or the agent ended the call); 1 on an error (connection refused or dropped, a
+``/expect`` or a turn that timed out, a protocol violation seen by the embedded
+simulator); 2 for bad usage; 130 when interrupted with Ctrl+C (the session is still
+ended cleanly). ``simulate`` exits 0 on Ctrl+C: that is how it is stopped.
+
+Threads: the main thread reads your input and runs the commands; everything the agent
+says is printed from the Conversation's events thread (and tool results from its tool
+workers). One :class:`_Console` lock keeps their lines whole. When stdin is read
+interactively, a daemon thread ``elevenconv-cli-stdin`` turns it into a queue, so the
+end of the session can wake the main thread; it blocks on that queue, never polls.
+Secrets are never printed: the API key is only read from ``ELEVENLABS_API_KEY``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, TextIO
+
+from elevenconv._audio import AudioInterface, PlaybackCallback
+from elevenconv._client import DEFAULT_BASE_URL, ElevenLabsClient
+from elevenconv._conversation import Conversation
+from elevenconv._fileaudio import WavFileAudioInterface, write_wav_pcm16
+from elevenconv._tools import ClientTools
+from elevenconv._version import __version__
+from elevenconv.errors import AudioError, ElevenConvError
+
+__all__ = ["COMMANDS", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "main"]
+
+log = logging.getLogger("elevenconv.cli")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+#: The chat commands, with their help text (``/help`` prints this).
+COMMANDS: dict[str, str] = {
+    "/feedback like|dislike": "rate the agent's latest response",
+    "/context TEXT": "tell the agent something in the background (contextual update)",
+    "/mute": "mute or unmute the microphone (voice)",
+    "/send TEXT": "send TEXT without waiting for the answer (in scripts)",
+    "/speak TEXT": "say TEXT into the microphone with a synthetic voice (voice)",
+    "/wait-speaking": "wait until the agent is speaking (voice; e.g. before /speak)",
+    "/expect TEXT": "wait until an agent response contains TEXT (--expect-timeout)",
+    "/wait SECONDS": "pause",
+    "/wait-end": "wait until the agent ends the call (--turn-timeout)",
+    "/status": "show the connection status",
+    "/help": "this list",
+    "/quit": "end the conversation",
+}
+
+_NAMES = frozenset(c.split()[0] for c in COMMANDS)
+#: In a script, how long to wait for the agent's first message before the first line.
+FIRST_MESSAGE_WAIT_S = 5.0
+#: In voice mode, a response whose audio has not started after this long has none.
+NO_AUDIO_GRACE_S = 3.0
+
+_EOF = object()  # stdin reader: end of input
+_ENDED = object()  # the session ended: wake the main thread
+
+
+class UsageError(Exception):
+    """Bad command-line usage or a bad script line (exit status 2)."""
+
+
+class ChatError(Exception):
+    """The chat failed: a timeout or a connection problem (exit status 1)."""
+
+
+# ======================================================================================
+# Output
+# ======================================================================================
+
+
+class _Console:
+    """Line-safe output shared by the main, events and tool threads.
+
+    Agent text may stream in while a prompt is shown: a line printed from another thread
+    first moves to a fresh line (``\\r`` + erase on an ANSI terminal, a newline on a dumb
+    one) and then shows the prompt again, so output stays readable on any terminal.
+    Prompts are only shown when both stdin and stdout are terminals.
+    """
+
+    PROMPT = "you> "
+
+    def __init__(self, out: TextIO, err: TextIO, *, prompt: bool) -> None:
+        self._out = out
+        self._err = err
+        self._lock = threading.Lock()
+        self._use_prompt = prompt
+        self._ansi = prompt and os.environ.get("TERM", "dumb") not in ("dumb", "")
+        self._prompt_shown = False
+        self._waiting = False  # the main thread waits for a line: keep the prompt up
+        self._streaming = False
+
+    def _break(self) -> None:
+        # Lock held. Get to the start of an empty line.
+        if self._streaming:
+            self._out.write("\n")
+            self._streaming = False
+        elif self._prompt_shown:
+            self._out.write("\r\x1b[K" if self._ansi else "\n")
+            self._prompt_shown = False
+
+    def _reprompt(self) -> None:
+        # Lock held.
+        if self._use_prompt and self._waiting and not self._streaming and not self._prompt_shown:
+            self._out.write(self.PROMPT)
+            self._prompt_shown = True
+
+    def line(self, text: str) -> None:
+        """Print one whole line (any thread)."""
+        with self._lock:
+            self._break()
+            self._out.write(text + "\n")
+            self._reprompt()
+            self._out.flush()
+
+    def error(self, text: str) -> None:
+        """Print a line to stderr (any thread)."""
+        with self._lock:
+            self._break()
+            self._out.flush()
+            self._err.write(text + "\n")
+            self._err.flush()
+            self._reprompt()
+            self._out.flush()
+
+    def stream_start(self, prefix: str) -> None:
+        """Begin a line whose text arrives in pieces (:meth:`stream`)."""
+        with self._lock:
+            self._break()
+            self._out.write(prefix)
+            self._streaming = True
+            self._out.flush()
+
+    def stream(self, text: str) -> None:
+        """Append to the streaming line."""
+        with self._lock:
+            if self._prompt_shown:
+                self._break()
+            self._out.write(text)
+            self._streaming = True
+            self._out.flush()
+
+    def stream_end(self) -> None:
+        """End the streaming line."""
+        with self._lock:
+            if self._streaming:
+                self._out.write("\n")
+                self._streaming = False
+            self._reprompt()
+            self._out.flush()
+
+    def waiting_for_input(self, waiting: bool) -> None:
+        """Main thread: show the prompt while waiting for a line, drop it after."""
+        with self._lock:
+            self._waiting = waiting
+            if waiting:
+                self._reprompt()
+            else:
+                self._prompt_shown = False  # the terminal echoed the newline
+            self._out.flush()
+
+
+# ======================================================================================
+# Conversation state the main thread waits on
+# ======================================================================================
+
+
+class _Tracker:
+    """Agent responses and playback state, updated from the events thread.
+
+    The main thread waits on :attr:`cond` (with deadlines) for ``/expect``, for the
+    end of an agent turn in scripts, and for the end of the session.
+    """
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.responses: list[str] = []
+        self.response_marks: list[tuple[float, int, int]] = []  # (time, speak#, listen#)
+        self.speaking = False
+        self.speak_count = 0
+        self.listen_count = 0
+        self.latency_ms: int | None = None
+        self.ended = False
+        self.end_code: int | None = None
+        self.end_reason = ""
+        self.expect_cursor = 0
+
+    def add_response(self, text: str) -> None:
+        with self.cond:
+            self.responses.append(text)
+            self.response_marks.append((time.monotonic(), self.speak_count, self.listen_count))
+            self.cond.notify_all()
+
+    def set_mode(self, mode: str) -> bool:
+        """Record a mode change; ``True`` if it is a change."""
+        with self.cond:
+            speaking = mode == "speaking"
+            if speaking == self.speaking:
+                return False
+            self.speaking = speaking
+            if speaking:
+                self.speak_count += 1
+            else:
+                self.listen_count += 1
+            self.cond.notify_all()
+            return True
+
+    def set_ended(self, code: int | None, reason: str) -> None:
+        with self.cond:
+            self.ended = True
+            self.end_code = code
+            self.end_reason = reason
+            self.cond.notify_all()
+
+    def _wait(self, predicate: Callable[[], bool], deadline: float) -> bool:
+        # Lock held. Condition.wait with the time left: woken by every update, no polling.
+        while not predicate():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.cond.wait(remaining)
+        return True
+
+    def wait_turn(self, after: int, *, voice: bool, timeout: float) -> bool:
+        """Wait until response number ``after`` has arrived (and, in voice mode, has been
+        played out) or the session ended. ``False`` on timeout."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            if not self._wait(lambda: self.ended or len(self.responses) > after, deadline):
+                return False
+            if self.ended or not voice:
+                return True
+            t0, speak0, listen0 = self.response_marks[after]
+
+            def played() -> bool:
+                if self.ended or (self.listen_count > listen0 and not self.speaking):
+                    return True
+                # No audio at all for this response (or none after the grace time).
+                silent = not self.speaking and self.speak_count == speak0
+                return silent and time.monotonic() >= t0 + NO_AUDIO_GRACE_S
+
+            while not played():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                grace_left = t0 + NO_AUDIO_GRACE_S - time.monotonic()
+                self.cond.wait(min(remaining, grace_left) if grace_left > 0 else remaining)
+            return True
+
+    def wait_text(self, text: str, timeout: float) -> str | None:
+        """Wait for a response (after the previous match) containing ``text``."""
+        needle = text.casefold()
+        found: list[str] = []
+
+        def match() -> bool:
+            for i in range(self.expect_cursor, len(self.responses)):
+                if needle in self.responses[i].casefold():
+                    self.expect_cursor = i + 1
+                    found.append(self.responses[i])
+                    return True
+            return False
+
+        with self.cond:
+            self._wait(lambda: match() or self.ended, time.monotonic() + timeout)
+            if not found and not self.ended:
+                return None
+            if not found:
+                match()  # a last look after the end
+        return found[0] if found else None
+
+    def wait_speaking(self, timeout: float) -> bool:
+        with self.cond:
+            return self._wait(lambda: self.speaking or self.ended, time.monotonic() + timeout)
+
+    def wait_end(self, timeout: float) -> bool:
+        with self.cond:
+            return self._wait(lambda: self.ended, time.monotonic() + timeout)
+
+
+# ======================================================================================
+# Audio: the microphone tap (for /speak and --record-mic)
+# ======================================================================================
+
+
+class _MicTap(AudioInterface):
+    """Wraps a device: can replace microphone audio with given speech (``/speak``) and
+    keep a copy of what the microphone sent (``--record-mic``).
+
+    The replacement rides on the device's own chunk cadence (real time), so the agent
+    hears it exactly as it would hear a voice. ``input_callback`` is called on the
+    device's input thread; the work here is one slice under a lock.
+    """
+
+    def __init__(self, inner: AudioInterface, *, keep_mic: bool) -> None:
+        self.inner = inner
+        self._lock = threading.Lock()
+        self._inject = bytearray()
+        self._injected = threading.Event()
+        self._injected.set()
+        self._callback: Callable[[bytes], None] | None = None
+        self.mic: bytearray | None = bytearray() if keep_mic else None
+
+    def start(self, input_callback: Callable[[bytes], None]) -> None:
+        """Start the wrapped device, routing its microphone through the tap."""
+        self._callback = input_callback
+        self.inner.start(self._on_mic)
+
+    def _on_mic(self, chunk: bytes) -> None:
+        with self._lock:
+            if self._inject:
+                take = bytes(self._inject[: len(chunk)])
+                del self._inject[: len(take)]
+                chunk = take + chunk[len(take) :]
+                if not self._inject:
+                    self._injected.set()
+            if self.mic is not None:
+                self.mic += chunk
+        assert self._callback is not None
+        self._callback(chunk)
+
+    def inject(self, pcm: bytes) -> None:
+        """Queue ``pcm`` (PCM16 mono 16 kHz) to replace the next microphone audio."""
+        with self._lock:
+            self._inject += pcm[: len(pcm) - len(pcm) % 2]
+            if self._inject:
+                self._injected.clear()
+
+    def wait_injected(self, timeout: float) -> bool:
+        """Block until the injected audio has gone to the agent."""
+        return self._injected.wait(timeout)
+
+    def stop(self) -> None:
+        """Stop the wrapped device."""
+        self.inner.stop()
+        self._injected.set()
+
+    def output(self, audio: bytes) -> None:
+        """Play agent audio on the wrapped device."""
+        self.inner.output(audio)
+
+    def interrupt(self) -> None:
+        """Interrupt the wrapped device's playback."""
+        self.inner.interrupt()
+
+    def set_playback_callback(self, callback: PlaybackCallback | None) -> bool:
+        """Delegated to the wrapped device."""
+        return self.inner.set_playback_callback(callback)
+
+    def set_output_gain(self, gain: float) -> bool:
+        """Delegated to the wrapped device."""
+        return self.inner.set_output_gain(gain)
+
+    def wait_until_drained(self, timeout: float) -> bool:
+        """Delegated to the wrapped device."""
+        return self.inner.wait_until_drained(timeout)
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (PortAudio/ALSA print probe noise there). Only used
+    before any thread of ours runs."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _open_voice(args: argparse.Namespace, notice: Callable[[str], None]) -> AudioInterface | None:
+    """The sound device for a voice chat, or ``None`` (text) with a one-line notice."""
+    if args.input_wav:
+        return WavFileAudioInterface(args.input_wav, realtime=True, trailing_silence_s=1.0)
+    if args.no_voice:
+        return None
+    try:
+        from elevenconv._pyaudio_interface import create_default_audio_interface, list_devices
+
+        with _quiet_stderr():
+            devices = list_devices()
+    except ImportError:
+        notice('[text mode: voice needs PyAudio -- pip install "elevenconv[audio]"]')
+        return None
+    except AudioError as exc:
+        notice(f"[text mode: no sound system ({exc})]")
+        return None
+    has_in = args.input_device is not None or any(d["is_default_input"] for d in devices)
+    has_out = args.output_device is not None or any(d["is_default_output"] for d in devices)
+    if not (has_in and has_out):
+        notice("[text mode: no default microphone and speaker found (elevenconv devices)]")
+        return None
+    return create_default_audio_interface(
+        input_device_index=args.input_device, output_device_index=args.output_device
+    )
+
+
+# ======================================================================================
+# The chat
+# ======================================================================================
+
+
+@dataclass
+class _Line:
+    """One input line: its number in the script (0: interactive) and its text."""
+
+    number: int
+    text: str
+
+
+def _check_command(line: _Line) -> None:
+    """Raise :class:`UsageError` for a malformed ``/command`` (checked before connecting)."""
+    text = line.text.strip()
+    if not text.startswith("/"):
+        return
+    name, _, arg = text.partition(" ")
+    arg = arg.strip()
+    where = f"line {line.number}: " if line.number else ""
+    if name not in _NAMES:
+        raise UsageError(f"{where}unknown command {name!r} (try /help)")
+    if name == "/feedback" and arg not in ("like", "dislike"):
+        raise UsageError(f"{where}use /feedback like or /feedback dislike")
+    if name in ("/context", "/expect", "/speak", "/send") and not arg:
+        raise UsageError(f"{where}{name} needs a text")
+    if name == "/wait":
+        try:
+            if float(arg) < 0:
+                raise ValueError(arg)
+        except ValueError:
+            raise UsageError(f"{where}/wait needs a number of seconds, not {arg!r}") from None
+
+
+def _script_lines(args: argparse.Namespace) -> list[_Line] | None:
+    """The non-interactive turns (``--script`` / ``--say``), or ``None``."""
+    lines: list[_Line] = []
+    if args.script:
+        try:
+            with open(args.script, encoding="utf-8") as f:
+                raw = f.read().splitlines()
+        except OSError as exc:
+            raise UsageError(f"cannot read the script {args.script!r}: {exc.strerror}") from None
+        lines = [_Line(i, t) for i, t in enumerate(raw, 1)]
+    elif args.say:
+        lines = [_Line(i, t) for i, t in enumerate(args.say, 1)]
+    else:
+        return None
+    lines = [ln for ln in lines if ln.text.strip() and not ln.text.lstrip().startswith("#")]
+    for ln in lines:
+        _check_command(ln)
+    return lines
+
+
+class _Chat:
+    """One ``elevenconv chat`` run: the Conversation, its handlers, and the input loop."""
+
+    def __init__(self, args: argparse.Namespace, console: _Console) -> None:
+        self.args = args
+        self.console = console
+        self.tracker = _Tracker()
+        self.conv: Conversation | None = None
+        self.tap: _MicTap | None = None
+        self.voice = False
+        self.agent_audio = bytearray()
+        self.audio_lock = threading.Lock()
+        self.stream_state: str | None = None  # None, "open", "closed"
+        self.muted = False
+        self.conversation_id: str | None = None
+        self.error_exit = False
+        self.wake: queue.Queue[object] = queue.Queue()
+        self.verbose = bool(getattr(args, "verbose", 0) or getattr(args, "log_level", None))
+
+    # -- setting up ----------------------------------------------------------------------
+
+    def tools(self) -> ClientTools:
+        tools = ClientTools(timeout=10)
+
+        def get_current_time(params: dict[str, Any]) -> str:
+            now = datetime.datetime.now().strftime("%H:%M")
+            self.console.line(f"[tool] get_current_time() -> {now}")
+            return now
+
+        tools.register("get_current_time", get_current_time)
+        return tools
+
+    def connect(self, client: ElevenLabsClient, agent_id: str, requires_auth: bool) -> None:
+        """Create and start the Conversation (voice if possible, else text)."""
+        iface = _open_voice(self.args, self.console.line)
+        while True:
+            self.tap = _MicTap(iface, keep_mic=bool(self.args.record_mic)) if iface else None
+            conv = Conversation(
+                client,
+                agent_id,
+                requires_auth=requires_auth,
+                audio_interface=self.tap,
+                client_tools=self.tools(),
+                # --record in text mode: ask for the agent's voice too, to record it.
+                text_only=None if iface else not self.args.record,
+                start_timeout=self.args.timeout,
+                echo_guard=self.args.echo_guard,
+            )
+            self.voice = iface is not None
+            self.attach(conv)
+            # Opening PortAudio prints ALSA/JACK probe noise on fd 2; hide it unless
+            # logging was asked for (our own errors arrive as exceptions, not on fd 2).
+            quiet = iface is not None and not self.args.input_wav and not self.verbose
+            try:
+                with _quiet_stderr() if quiet else contextlib.nullcontext():
+                    conv.start_session()
+            except AudioError as exc:
+                if self.args.input_wav or iface is None:
+                    raise
+                self.console.line(f"[text mode: the sound device failed: {exc}]")
+                iface = None
+                continue
+            self.conv = conv
+            return
+
+    def attach(self, conv: Conversation) -> None:
+        """Register the display and bookkeeping handlers (all run on the events thread)."""
+        c = self.console
+        conv.on("conversation_started", self.on_started)
+        conv.on("agent_chat_response_part", self.on_part)
+        conv.on("agent_response", self.on_agent_response)
+        conv.on(
+            "agent_response_correction", lambda _o, new: c.line(f"[agent interrupted after] {new}")
+        )
+        conv.on("user_transcript", lambda text: c.line(f"you (voice): {text}"))
+        conv.on("interruption", lambda _id: c.line("[you interrupted the agent]"))
+        conv.on("mode_change", self.on_mode)
+        conv.on("latency_measurement", self.on_latency)
+        conv.on("client_tool_call", lambda name, params: c.line(f"[tool call] {name} {params}"))
+        conv.on(
+            "unhandled_client_tool_call",
+            lambda name, _p: c.line(f"[tool] {name!r} is not registered here: answered an error"),
+        )
+        conv.on("error", lambda exc: c.error(f"[error] {exc}"))
+        conv.on("session_ended", self.on_ended)
+        if self.args.record:
+            conv.on("audio", self.on_audio)
+
+    # -- event handlers (events thread) --------------------------------------------------
+
+    def on_started(self, conversation_id: str) -> None:
+        self.conversation_id = conversation_id
+        mode = "voice + text" if self.audio_interface_present() else "text"
+        self.console.line(
+            f"[connected: {mode}, conversation {conversation_id}; /help for commands]"
+        )
+
+    def audio_interface_present(self) -> bool:
+        return self.tap is not None
+
+    def on_part(self, text: str, part_type: str) -> None:
+        if part_type == "start":
+            self.stream_state = "open"
+            self.console.stream_start("agent: ")
+            if text:
+                self.console.stream(text)
+        elif part_type == "delta":
+            if self.stream_state != "open":
+                self.stream_state = "open"
+                self.console.stream_start("agent: ")
+            self.console.stream(text)
+        elif part_type == "stop":
+            if text and self.stream_state == "open":
+                self.console.stream(text)
+            self.stream_state = "closed"
+            self.console.stream_end()
+
+    def on_agent_response(self, text: str) -> None:
+        if self.stream_state is not None:
+            if self.stream_state == "open":
+                self.console.stream_end()
+            self.stream_state = None  # already shown as it streamed
+        else:
+            self.console.line(f"agent: {text}")
+        self.tracker.add_response(text)
+
+    def on_mode(self, mode: str) -> None:
+        if self.tracker.set_mode(mode):
+            self.console.line("[agent speaking]" if mode == "speaking" else self.status_text())
+
+    def on_latency(self, ms: int) -> None:
+        self.tracker.latency_ms = ms
+
+    def on_audio(self, pcm: bytes, _event_id: int) -> None:
+        with self.audio_lock:
+            self.agent_audio += pcm
+
+    def on_ended(self, _conversation_id: str | None, code: int | None, reason: str) -> None:
+        self.tracker.set_ended(code, reason)
+        self.wake.put(_ENDED)
+
+    def status_text(self) -> str:
+        parts = ["listening" if not self.tracker.speaking else "agent speaking"]
+        if self.voice:
+            parts.append("mic muted" if self.muted else "mic on")
+        if self.tracker.latency_ms is not None:
+            parts.append(f"latency {self.tracker.latency_ms} ms")
+        return "[" + ", ".join(parts) + "]"
+
+    # -- commands (main thread) ----------------------------------------------------------
+
+    def say(self, text: str, *, wait: bool) -> None:
+        """Send a user message; in scripts, wait for the agent's answer."""
+        assert self.conv is not None
+        after = len(self.tracker.responses)
+        self.conv.send_user_message(text)
+        if wait:
+            self.wait_turn(after)
+
+    def wait_turn(self, after: int) -> None:
+        timeout = self.args.turn_timeout
+        if not self.tracker.wait_turn(after, voice=self.voice, timeout=timeout):
+            raise ChatError(f"the agent did not answer within {timeout:g} s (--turn-timeout)")
+
+    def command(self, text: str, *, scripted: bool) -> bool:
+        """Run one ``/command``; ``False`` means quit."""
+        assert self.conv is not None
+        conv, c = self.conv, self.console
+        name, _, arg = text.strip().partition(" ")
+        arg = arg.strip()
+        if name == "/quit":
+            return False
+        if name == "/help":
+            width = max(map(len, COMMANDS))
+            for usage, help_text in COMMANDS.items():
+                c.line(f"  {usage:<{width}}  {help_text}")
+        elif name == "/status":
+            conv_id = self.conversation_id or "?"
+            c.line(f"[conversation {conv_id}] {self.status_text()}")
+        elif name == "/feedback":
+            if conv.send_feedback(arg == "like"):
+                c.line(f"[feedback sent: {arg}]")
+            else:
+                c.line("[no new agent response to rate]")
+        elif name == "/context":
+            conv.send_contextual_update(arg)
+            c.line("[context sent]")
+        elif name == "/mute":
+            if not self.voice:
+                c.line("[/mute: no microphone in text mode]")
+            else:
+                self.muted = not self.muted
+                conv.set_mic_muted(self.muted)
+                c.line("[mic muted]" if self.muted else "[mic on]")
+        elif name == "/speak":
+            self.speak(arg, wait=scripted)
+        elif name == "/send":
+            c.line(f"you: {arg}")
+            self.say(arg, wait=False)
+        elif name == "/wait-speaking":
+            if not self.tracker.wait_speaking(self.args.turn_timeout):
+                raise ChatError(f"the agent did not speak within {self.args.turn_timeout:g} s")
+        elif name == "/wait":
+            with self.tracker.cond:
+                self.tracker._wait(lambda: self.tracker.ended, time.monotonic() + float(arg))
+        elif name == "/wait-end":
+            if not self.tracker.wait_end(self.args.turn_timeout):
+                raise ChatError(
+                    f"the agent did not end the call within {self.args.turn_timeout:g} s"
+                )
+        elif name == "/expect":
+            timeout = self.args.expect_timeout
+            found = self.tracker.wait_text(arg, timeout)
+            if found is None:
+                why = "the session ended" if self.tracker.ended else f"{timeout:g} s passed"
+                recent = " | ".join(self.tracker.responses[-3:]) or "none"
+                raise ChatError(
+                    f"/expect {arg!r}: no agent response contained it ({why}); "
+                    f"latest responses: {recent}"
+                )
+        return True
+
+    def speak(self, text: str, *, wait: bool) -> None:
+        """``/speak``: synthetic speech into the microphone stream."""
+        if self.tap is None:
+            self.console.line("[/speak: needs voice mode]")
+            return
+        try:
+            from elevenconv.testing._sim_audio import speech_pcm16k
+        except ImportError:
+            self.console.line('[/speak needs the testing extra: pip install "elevenconv[testing]"]')
+            return
+        pcm = speech_pcm16k(text)
+        after = len(self.tracker.responses)
+        self.console.line(f"you (speaking): {text}")
+        self.tap.inject(pcm + bytes(16000))  # then 0.5 s of silence: the end of the utterance
+        if wait:
+            seconds = len(pcm) / 32000 + 0.5
+            if not self.tap.wait_injected(seconds + self.args.turn_timeout):
+                raise ChatError("the microphone stopped before /speak was said")
+            self.wait_turn(after)
+
+    # -- input loops ---------------------------------------------------------------------
+
+    def run_script(self, lines: Sequence[_Line]) -> None:
+        """Run script lines: each user line waits for the agent's answer."""
+        # The agent usually speaks first; let its greeting through before our first line.
+        self.tracker.wait_turn(0, voice=self.voice, timeout=FIRST_MESSAGE_WAIT_S)
+        for line in lines:
+            if self.tracker.ended:
+                self.console.line(f"[the session ended before line {line.number}]")
+                return
+            self.run_line(line.text, scripted=True)
+            if line.text.strip() == "/quit":
+                return
+
+    def run_line(self, text: str, *, scripted: bool) -> bool:
+        if text.strip().startswith("/"):
+            _check_command(_Line(0, text))
+            return self.command(text, scripted=scripted)
+        if scripted:
+            self.console.line(f"you: {text}")
+        self.say(text, wait=scripted)
+        return True
+
+    def run_interactive(self, stdin: IO[str], scripted: bool) -> None:
+        """Read lines from stdin until /quit, EOF, or the end of the session."""
+        lines = self.wake
+
+        def read() -> None:
+            try:
+                for line in stdin:
+                    lines.put(line.rstrip("\r\n"))
+            except (OSError, ValueError):
+                pass
+            lines.put(_EOF)
+
+        threading.Thread(target=read, name="elevenconv-cli-stdin", daemon=True).start()
+        if scripted:
+            self.tracker.wait_turn(0, voice=self.voice, timeout=FIRST_MESSAGE_WAIT_S)
+        while not self.tracker.ended:
+            self.console.waiting_for_input(True)
+            item = lines.get()
+            self.console.waiting_for_input(False)
+            if item is _ENDED or self.tracker.ended:
+                return
+            if item is _EOF:
+                self.console.line("[end of input]")
+                return
+            assert isinstance(item, str)
+            if not item.strip():
+                continue
+            try:
+                if not self.run_line(item, scripted=scripted):
+                    return
+            except UsageError as exc:
+                if scripted:
+                    raise
+                self.console.line(f"[{exc}]")
+            except ChatError as exc:
+                if scripted:
+                    raise
+                self.console.error(f"[{exc}]")
+            except ElevenConvError as exc:
+                if self.tracker.ended:
+                    return
+                self.console.error(f"[error] {exc}")
+
+    # -- the end -------------------------------------------------------------------------
+
+    def end_message(self) -> str:
+        t = self.tracker
+        if not t.ended or (t.end_code == 1000 and not t.end_reason):
+            return "[conversation ended]"
+        if t.end_code == 1000 and t.end_reason:
+            return f"[the agent ended the call: {t.end_reason}]"
+        return (
+            f"[conversation ended: code {t.end_code}{': ' + t.end_reason if t.end_reason else ''}]"
+        )
+
+    def save_recordings(self) -> None:
+        if self.args.record:
+            with self.audio_lock:
+                pcm = bytes(self.agent_audio)
+            write_wav_pcm16(self.args.record, pcm)
+            self.console.line(
+                f"[recorded {len(pcm) / 32000:.1f} s of agent audio to {self.args.record}]"
+            )
+        if self.args.record_mic and self.tap is not None and self.tap.mic is not None:
+            mic = bytes(self.tap.mic)
+            write_wav_pcm16(self.args.record_mic, mic)
+            self.console.line(
+                f"[recorded {len(mic) / 32000:.1f} s of microphone to {self.args.record_mic}]"
+            )
+
+
+def _run_chat(args: argparse.Namespace) -> int:
+    lines = _script_lines(args)
+    interactive = lines is None and sys.stdin.isatty()
+    console = _Console(sys.stdout, sys.stderr, prompt=interactive and sys.stdout.isatty())
+    if args.private and not args.agent_id:
+        raise UsageError("--private needs --agent-id (the built-in simulator's agent is public)")
+    if args.record_mic and args.no_voice and not args.input_wav:
+        raise UsageError("--record-mic needs voice mode")
+    chat = _Chat(args, console)
+    sim: Any = None
+    code = EXIT_OK
+    try:
+        if args.agent_id:
+            api_key_set = bool(os.environ.get("ELEVENLABS_API_KEY"))
+            requires_auth = bool(args.private or api_key_set)
+            if requires_auth and not api_key_set:
+                raise UsageError("--private needs the ELEVENLABS_API_KEY environment variable")
+            client = ElevenLabsClient(base_url=args.base_url)
+            agent_id = args.agent_id
+            where = "private agent, signed URL" if requires_auth else "public agent"
+            console.line(f"[connecting to {agent_id} at {args.base_url} ({where})]")
+        else:
+            from elevenconv.testing._simulator import DEFAULT_AGENT_ID, AgentSimulator
+
+            sim = AgentSimulator(
+                audio_realtime_factor=args.sim_realtime_factor or None,
+                tts=args.sim_tts,
+                shutdown_timeout=5.0,
+            ).start()
+            client = ElevenLabsClient(base_url=sim.base_url)
+            agent_id, requires_auth = DEFAULT_AGENT_ID, False
+            console.line(
+                f"[built-in simulator at {sim.base_url} (no --agent-id): say hello, "
+                "ask what time it is, say bye]"
+            )
+        chat.connect(client, agent_id, requires_auth)
+        if lines is not None:
+            chat.run_script(lines)
+        else:
+            chat.run_interactive(sys.stdin, scripted=not interactive)
+    except KeyboardInterrupt:
+        console.line("[interrupted]")
+        code = EXIT_INTERRUPTED
+    except (ChatError, ElevenConvError) as exc:
+        console.error(f"elevenconv: {exc}")
+        code = EXIT_ERROR
+    finally:
+        try:
+            if chat.conv is not None:
+                chat.conv.end_session()
+                console.line(chat.end_message())
+                if chat.tracker.ended and chat.tracker.end_code not in (1000, None):
+                    code = code or EXIT_ERROR
+            chat.save_recordings()
+            if sim is not None:
+                violations = list(sim.violations)
+                sim.close(raise_errors=False)
+                errors = [*sim.errors, *sim.contract_errors, *map(str, violations)]
+                if errors:
+                    console.error(
+                        "elevenconv: the simulator saw problems:\n  " + "\n  ".join(errors)
+                    )
+                    code = code or EXIT_ERROR
+        except KeyboardInterrupt:
+            code = EXIT_INTERRUPTED
+        except ElevenConvError as exc:
+            console.error(f"elevenconv: {exc}")
+            code = code or EXIT_ERROR
+    return code
+
+
+# ======================================================================================
+# simulate, devices
+# ======================================================================================
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    from elevenconv.testing._simulator import serve_forever
+
+    serve_forever(
+        args.port,
+        args.host,
+        api_key=args.api_key,
+        ping_interval=args.ping_interval or None,
+        audio_realtime_factor=args.realtime_factor or None,
+        tts=args.tts,
+    )
+    print("[simulator stopped]", flush=True)
+    return EXIT_OK
+
+
+def _run_devices(_args: argparse.Namespace) -> int:
+    try:
+        from elevenconv._pyaudio_interface import list_devices
+
+        with _quiet_stderr():  # PortAudio's probing prints ALSA/JACK noise there
+            devices = list_devices()
+    except ImportError as exc:
+        print(f"elevenconv: cannot list sound devices: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except AudioError as exc:
+        print(f"elevenconv: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if not devices:
+        print("no sound devices (PortAudio found none)")
+        return EXIT_OK
+    print(f"{'index':>5}  {'in':>3}  {'out':>3}  {'rate':>6}  name")
+    for d in devices:
+        marks = [
+            m
+            for m, on in (
+                ("default input", d["is_default_input"]),
+                ("default output", d["is_default_output"]),
+            )
+            if on
+        ]
+        suffix = f"  ({', '.join(marks)})" if marks else ""
+        print(
+            f"{d['index']:>5}  {d['max_input_channels']:>3}  {d['max_output_channels']:>3}  "
+            f"{d['default_sample_rate']:>6.0f}  {d['name']}{suffix}"
+        )
+    return EXIT_OK
+
+
+# ======================================================================================
+# Parsing
+# ======================================================================================
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the ``elevenconv`` command."""
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: accepted before or after the subcommand without one overwriting the other.
+    common.add_argument(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        type=str.upper,
+        default=argparse.SUPPRESS,
+        help="library log level (default WARNING); logs go to stderr",
+    )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="more logging: -v INFO, -vv DEBUG",
+    )
+    parser = argparse.ArgumentParser(
+        prog="elevenconv",
+        description="Talk to ElevenLabs agents (or the built-in simulator) from the terminal.",
+        epilog="Exit status: 0 done, 1 error, 2 usage, 130 interrupted (Ctrl+C).",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"elevenconv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    chat = sub.add_parser(
+        "chat",
+        parents=[common],
+        help="a conversation in the terminal (default agent: the built-in simulator)",
+        description=(
+            "A conversation with an agent: type to talk; by voice too when a sound device "
+            "is present. Lines starting with / are commands: "
+            + ", ".join(c.split()[0] for c in COMMANDS)
+            + ". Without --agent-id the built-in simulator is started in-process."
+        ),
+        epilog="Exit status: 0 done, 1 error or timeout, 2 usage, 130 interrupted (Ctrl+C).",
+    )
+    agent = chat.add_argument_group("agent")
+    agent.add_argument("--agent-id", help="the agent to talk to (default: built-in simulator)")
+    agent.add_argument(
+        "--private",
+        action="store_true",
+        help="the agent is private: fetch a signed URL with ELEVENLABS_API_KEY "
+        "(default: private when ELEVENLABS_API_KEY is set)",
+    )
+    agent.add_argument(
+        "--base-url",
+        default=DEFAULT_BASE_URL,
+        help=f"API base URL, for the region or a simulator (default {DEFAULT_BASE_URL})",
+    )
+    agent.add_argument(
+        "--timeout", type=_positive, default=15.0, help="seconds to connect (default 15)"
+    )
+    audio = chat.add_argument_group("audio")
+    audio.add_argument(
+        "--no-voice", action="store_true", help="text only, even with a sound device"
+    )
+    audio.add_argument("--input-device", type=int, help="PortAudio input device index")
+    audio.add_argument("--output-device", type=int, help="PortAudio output device index")
+    audio.add_argument(
+        "--input-wav",
+        metavar="FILE.wav",
+        help="voice mode without a sound card: FILE is the microphone (real time), the "
+        "agent's audio is not played (use --record)",
+    )
+    audio.add_argument(
+        "--echo-guard",
+        action="store_true",
+        help="mute the mic while the agent speaks (laptop speakers without headphones)",
+    )
+    audio.add_argument(
+        "--record",
+        metavar="FILE.wav",
+        help="save the agent's audio to a WAV file (in text mode the agent is asked to "
+        "speak too, so there is audio to save)",
+    )
+    audio.add_argument("--record-mic", metavar="FILE.wav", help="save the microphone to a WAV file")
+    run = chat.add_argument_group("non-interactive")
+    turns = run.add_mutually_exclusive_group()
+    turns.add_argument(
+        "--script",
+        metavar="FILE",
+        help="one user turn per line; lines starting with / are commands (/expect TEXT, "
+        "/wait-end, ...); # starts a comment; each turn waits for the agent's answer",
+    )
+    turns.add_argument(
+        "--say", action="append", metavar="TEXT", help="a user turn (repeatable), like --script"
+    )
+    run.add_argument(
+        "--turn-timeout",
+        type=_positive,
+        default=30.0,
+        help="seconds to wait for the agent's answer in a script (default 30)",
+    )
+    run.add_argument(
+        "--expect-timeout", type=_positive, default=20.0, help="seconds for /expect (default 20)"
+    )
+    simg = chat.add_argument_group("built-in simulator")
+    simg.add_argument(
+        "--sim-realtime-factor",
+        type=float,
+        default=1.0,
+        help="pace of its audio, 1.0 = real time (default); 0 = as fast as possible",
+    )
+    simg.add_argument(
+        "--sim-tts",
+        choices=("auto", "espeak", "tone"),
+        default="auto",
+        help="its voice: espeak-ng when installed (auto), or a synthetic tone voice",
+    )
+    chat.set_defaults(handler=_run_chat)
+
+    simulate = sub.add_parser(
+        "simulate",
+        parents=[common],
+        help="run the agent simulator for other programs to connect to",
+        description="Run the built-in agent simulator until Ctrl+C. Connect with "
+        "ElevenLabsClient(base_url=...) and agent id sim-agent.",
+    )
+    simulate.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    simulate.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any)")
+    simulate.add_argument(
+        "--api-key", default="sim-api-key", help="the key its get-signed-url accepts"
+    )
+    simulate.add_argument(
+        "--realtime-factor", type=float, default=1.0, help="audio pace (0: as fast as possible)"
+    )
+    simulate.add_argument("--tts", choices=("auto", "espeak", "tone"), default="auto")
+    simulate.add_argument(
+        "--ping-interval", type=float, default=5.0, help="seconds between pings (0: none)"
+    )
+    simulate.set_defaults(handler=_run_simulate)
+
+    devices = sub.add_parser(
+        "devices",
+        parents=[common],
+        help="list sound devices (PortAudio)",
+        description="List the PortAudio sound devices: index, channels, default rate.",
+    )
+    devices.set_defaults(handler=_run_devices)
+    return parser
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = getattr(args, "log_level", None)
+    if level is None:
+        verbose = getattr(args, "verbose", 0) or 0
+        level = "DEBUG" if verbose >= 2 else "INFO" if verbose == 1 else "WARNING"
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``elevenconv`` command with ``argv`` (default ``sys.argv[1:]``); return
+    the exit status (see the module docstring)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    _configure_logging(args)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except UsageError as exc:
+        print(f"elevenconv {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
