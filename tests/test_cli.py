@@ -1,0 +1,398 @@
+"""The ``elevenconv`` command, run as a real subprocess (a pty for the interactive chat).
+
+Every wait is a deadline on output (``select`` + ``os.read``), never a sleep.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+import wave
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from elevenconv import Conversation, ElevenLabsClient
+from elevenconv._fileaudio import read_wav_pcm16_16k, write_wav_pcm16
+from tests.conftest import scaled
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "elevenconv"]
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "ELEVENLABS_API_KEY"}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class Output:
+    """Reads a child's output fd with deadlines; ``expect`` returns the match."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.text = ""
+        self._pos = 0
+
+    def _read(self, timeout: float) -> bool:
+        ready, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
+        if not ready:
+            return True
+        try:
+            data = os.read(self.fd, 65536)
+        except OSError:  # EIO: the pty's other side is closed
+            return False
+        if not data:
+            return False
+        self.text += ANSI.sub("", data.decode("utf-8", "replace").replace("\r", ""))
+        return True
+
+    def expect(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        deadline = _now() + scaled(timeout)
+        regex = re.compile(pattern)
+        while True:
+            m = regex.search(self.text, self._pos)
+            if m:
+                self._pos = m.end()
+                return m
+            left = deadline - _now()
+            if left <= 0 or not self._read(left):
+                m = regex.search(self.text, self._pos)
+                if m:
+                    self._pos = m.end()
+                    return m
+                raise AssertionError(f"no {pattern!r} in the output:\n{self.text}")
+
+    def drain(self, timeout: float = 5.0) -> str:
+        deadline = _now() + scaled(timeout)
+        while _now() < deadline and self._read(deadline - _now()):
+            pass
+        return self.text
+
+
+def _now() -> float:
+    import time
+
+    return time.monotonic()
+
+
+def _no_processes_left(pgid: int) -> None:
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)
+
+
+def run_cli(*args: str, timeout: float = 30, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=scaled(timeout),
+        cwd=REPO,
+        env=kw.pop("env", _env()),
+        **kw,
+    )
+
+
+@pytest.mark.timeout(60)
+def test_interactive_text_chat_in_a_pty() -> None:
+    """Greeting, a typed question, the time tool, /feedback, /quit -> exit 0, nothing left."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [*CLI, "chat", "--no-voice"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd=REPO,
+        env=_env(TERM="xterm"),
+        start_new_session=True,
+    )
+    os.close(slave)
+    out = Output(master)
+    try:
+        out.expect(r"agent: Hello! I'm the simulated agent")
+        out.expect(r"you> ")
+        os.write(master, b"hello, who are you?\n")
+        out.expect(r"agent: Hello there! You can ask me about time")
+        os.write(master, b"what time is it?\n")
+        now = out.expect(r"\[tool\] get_current_time\(\) -> (\d\d:\d\d)").group(1)
+        out.expect(rf"agent: The time is {now}\.")
+        os.write(master, b"/feedback like\n")
+        out.expect(r"\[feedback sent: like\]")
+        os.write(master, b"/quit\n")
+        out.expect(r"\[conversation ended\]")
+        assert proc.wait(scaled(15)) == 0
+        text = out.drain(1)
+        assert "Traceback" not in text
+        _no_processes_left(proc.pid)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        os.close(master)
+
+
+@pytest.mark.timeout(60)
+def test_say_mode_runs_turns_in_order_and_the_agent_ends_the_call() -> None:
+    done = run_cli(
+        "chat", "--no-voice", "--say", "hello", "--say", "what time is it?", "--say", "bye"
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith(("you:", "agent:", "[tool]"))]
+    assert lines[0] == "agent: Hello! I'm the simulated agent. How can I help you today?"
+    assert lines[1:3] == [
+        "you: hello",
+        "agent: Hello there! You can ask me about time, or say bye to end the call.",
+    ]
+    assert lines[3] == "you: what time is it?"
+    assert re.fullmatch(r"\[tool\] get_current_time\(\) -> \d\d:\d\d", lines[4])
+    assert re.fullmatch(r"agent: The time is \d\d:\d\d\.", lines[5])
+    assert lines[6:] == ["you: bye", "agent: Goodbye! It was nice talking to you."]
+    assert "[the agent ended the call" in done.stdout
+
+
+@pytest.mark.timeout(60)
+def test_script_with_commands(tmp_path: Path) -> None:
+    script = tmp_path / "turns.txt"
+    script.write_text(
+        "# a comment\n"
+        "/context the user prefers short answers\n"
+        "what time is it?\n"
+        "/expect the time is\n"
+        "/feedback dislike\n"
+        "\n"
+        "bye\n"
+        "/wait-end\n"
+    )
+    done = run_cli("chat", "--no-voice", "--script", str(script))
+    assert done.returncode == 0, done.stderr
+    assert "[context sent]" in done.stdout
+    assert "[feedback sent: dislike]" in done.stdout
+    assert "[the agent ended the call: Agent ended the call]" in done.stdout
+
+
+@pytest.mark.timeout(60)
+def test_script_expect_timeout_is_an_error_with_a_clear_message(tmp_path: Path) -> None:
+    script = tmp_path / "turns.txt"
+    script.write_text("hello\n/expect bananas\n")
+    done = run_cli("chat", "--no-voice", "--expect-timeout", "0.5", "--script", str(script))
+    assert done.returncode == 1
+    assert "/expect 'bananas': no agent response contained it" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.timeout(30)
+def test_bad_script_line_is_a_usage_error_before_connecting(tmp_path: Path) -> None:
+    script = tmp_path / "turns.txt"
+    script.write_text("hello\n/feedback maybe\n")
+    done = run_cli("chat", "--no-voice", "--script", str(script))
+    assert done.returncode == 2
+    assert "line 2: use /feedback like or /feedback dislike" in done.stderr
+    assert "simulator" not in done.stdout  # nothing was started
+
+
+@pytest.mark.timeout(30)
+def test_usage_help_and_version() -> None:
+    assert run_cli().returncode == 2
+    helped = run_cli("chat", "--help")
+    assert helped.returncode == 0
+    assert "--script" in helped.stdout and "130" in helped.stdout
+    assert run_cli("--version").stdout.startswith("elevenconv ")
+    assert run_cli("chat", "--say", "a", "--script", "x").returncode == 2
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_ends_the_chat_cleanly(tmp_path: Path) -> None:
+    script = tmp_path / "turns.txt"
+    script.write_text("hello\n/wait 120\n")
+    proc = subprocess.Popen(
+        [*CLI, "chat", "--no-voice", "--script", str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=_env(),
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    out = Output(proc.stdout.fileno())
+    try:
+        out.expect(r"agent: Hello there!")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(scaled(15)) == 130
+        text = out.drain(2)
+        assert "[interrupted]" in text
+        assert "[conversation ended]" in text
+        assert "Traceback" not in text
+        _no_processes_left(proc.pid)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
+
+
+@pytest.mark.timeout(60)
+def test_simulate_prints_its_url_serves_clients_and_stops_on_sigint() -> None:
+    proc = subprocess.Popen(
+        [*CLI, "simulate", "--port", "0", "--realtime-factor", "0", "--tts", "tone"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=_env(),
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    out = Output(proc.stdout.fileno())
+    try:
+        base_url = out.expect(r"simulator on (http://127\.0\.0\.1:\d+)").group(1)
+        out.expect(r"websocket: ws://127\.0\.0\.1:\d+/v1/convai/conversation\?agent_id=sim-agent")
+
+        # A Conversation in this process connects to it.
+        answered = threading.Event()
+        texts: list[str] = []
+        conv = Conversation(
+            ElevenLabsClient(base_url=base_url),
+            "sim-agent",
+            requires_auth=False,
+            callback_agent_response=lambda t: (texts.append(t), answered.set()),
+        )
+        conv.start_session()
+        try:
+            conv.send_user_message("hello")
+            assert answered.wait(scaled(10))
+        finally:
+            conv.end_session()
+
+        # And the CLI, as a private agent through a signed URL (the key from the env).
+        done = run_cli(
+            "chat", "--agent-id", "sim-agent", "--base-url", base_url, "--no-voice",
+            "--say", "bye",
+            env=_env(ELEVENLABS_API_KEY="sim-api-key"),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "private agent, signed URL" in done.stdout
+        assert "sim-api-key" not in done.stdout + done.stderr
+        assert "agent: Goodbye!" in done.stdout
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(scaled(15)) == 0
+        assert "[simulator stopped]" in out.drain(2)
+        _no_processes_left(proc.pid)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
+
+
+@pytest.mark.timeout(60)
+def test_record_in_text_mode_saves_the_agents_voice(tmp_path: Path) -> None:
+    out = tmp_path / "agent.wav"
+    done = run_cli(
+        "chat", "--no-voice", "--record", str(out), "--sim-tts", "tone",
+        "--sim-realtime-factor", "0", "--say", "hello", "--say", "bye", "--say", "/wait-end",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "agent audio to" in done.stdout
+    with wave.open(str(out)) as wav:
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 16000)
+        assert wav.getnframes() > 16000 * 2  # greeting + answer + goodbye
+    pcm = read_wav_pcm16_16k(out)
+    assert _rms(pcm) > 300
+
+
+@pytest.mark.timeout(90)
+def test_voice_without_a_sound_card_through_input_wav(tmp_path: Path) -> None:
+    """--input-wav: a tone is the user's voice; the simulator's VAD hears it."""
+    voice = tmp_path / "voice.wav"
+    write_wav_pcm16(voice, _tone(440, 1.0))
+    agent, mic = tmp_path / "agent.wav", tmp_path / "mic.wav"
+    script = tmp_path / "turns.txt"
+    script.write_text("/expect You said: (spoken\nbye\n/wait-end\n")
+    done = run_cli(
+        "chat", "--input-wav", str(voice), "--record", str(agent), "--record-mic", str(mic),
+        "--sim-tts", "tone", "--sim-realtime-factor", "0", "--script", str(script),
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[connected: voice + text" in done.stdout
+    assert re.search(r"you \(voice\): \(spoken \d\.\d s\)", done.stdout)
+    assert "[agent speaking]" in done.stdout
+    assert _rms(read_wav_pcm16_16k(agent)) > 300
+    recorded_mic = read_wav_pcm16_16k(mic)
+    assert len(recorded_mic) >= 32000  # the whole second of tone went to the agent
+    assert _rms(recorded_mic[:32000]) > 1000
+
+
+@pytest.mark.timeout(30)
+def test_devices_without_pyaudio_says_how_to_install() -> None:
+    code = (
+        "import sys; sys.modules['pyaudio'] = None\n"
+        "from elevenconv.cli import main; raise SystemExit(main(['devices']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=scaled(20), cwd=REPO
+    )
+    assert done.returncode == 1
+    assert "PyAudio" in done.stderr and "portaudio" in done.stderr.lower()
+
+
+@pytest.mark.audio
+@pytest.mark.timeout(60)
+def test_devices_lists_the_sound_servers_default_device(sound_server: Any) -> None:
+    done = run_cli("devices", env=_env(**sound_server.env))
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^\s*\d+\s+\d+\s+\d+\s+\d+\s+(pulse|default)", done.stdout, re.M)
+    assert "(default input, default output)" in done.stdout
+    assert "ALSA lib" not in done.stderr
+
+
+@pytest.mark.audio
+@pytest.mark.timeout(120)
+def test_voice_chat_with_barge_in_on_the_sound_server(sound_server: Any, tmp_path: Path) -> None:
+    """Auto-detected voice: the agent speaks through PulseAudio, /speak interrupts it."""
+    script = tmp_path / "turns.txt"
+    script.write_text(
+        "/send tell me a story about the sea\n"
+        "/wait-speaking\n"
+        "/speak wait, stop please\n"
+        "/expect You said: (spoken\n"
+        "bye\n"
+        "/wait-end\n"
+    )
+    done = run_cli(
+        "chat", "--sim-tts", "tone", "--script", str(script), "--record", str(tmp_path / "a.wav"),
+        env=_env(**sound_server.env), timeout=90,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[connected: voice + text" in done.stdout
+    assert "[you interrupted the agent]" in done.stdout
+    assert "[agent interrupted after]" in done.stdout
+    assert "[the agent ended the call" in done.stdout
+
+
+def _tone(freq: float, seconds: float, amplitude: float = 0.5) -> bytes:
+    n = int(16000 * seconds)
+    peak = int(32767 * amplitude)
+    return b"".join(
+        int(peak * math.sin(2 * math.pi * freq * i / 16000)).to_bytes(2, "little", signed=True)
+        for i in range(n)
+    )
+
+
+def _rms(pcm: bytes) -> float:
+    import array
+
+    samples = array.array("h", pcm[: len(pcm) - len(pcm) % 2])
+    if not samples:
+        return 0.0
+    return math.sqrt(sum(s * s for s in samples) / len(samples))
