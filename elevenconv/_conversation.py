@@ -271,8 +271,11 @@ class Conversation(EventEmitter):
         self._state: Literal["new", "starting", "active", "closing", "ended"] = "new"
         self._sock: WebSocketLike | None = None
         self._writer_q: queue.Queue[object] = queue.Queue(WRITER_QUEUE_SIZE)
-        self._audio_q: queue.Queue[object] = queue.Queue(AUDIO_QUEUE_SIZE)
-        self._events_q: queue.Queue[object] = queue.Queue(EVENTS_QUEUE_SIZE)
+        # SimpleQueue (C, one futex per wake-up) for the per-message hand-offs; their bound
+        # is checked with qsize() by the one producer, the reader. queue.Queue's Python
+        # Condition cost more CPU than the rest of an audio message's handling.
+        self._audio_q: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._events_q: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._mic: deque[bytes] = deque(maxlen=MIC_QUEUE_CHUNKS)
         self._threads: dict[str, threading.Thread] = {}
         self._start_done = threading.Event()
@@ -558,9 +561,10 @@ class Conversation(EventEmitter):
 
     def _post(self, event: str, *args: Any) -> None:
         """Queue an event for the events thread (never blocks)."""
-        try:
-            self._events_q.put_nowait((event, args))
-        except queue.Full:
+        q = self._events_q
+        if q.qsize() < EVENTS_QUEUE_SIZE:
+            q.put((event, args))
+        else:
             self.stats["dropped_events"] += 1
             if self.stats["dropped_events"] == 1 or self.stats["dropped_events"] % 1000 == 0:
                 self._log.error(
@@ -775,8 +779,11 @@ class Conversation(EventEmitter):
             self._log.debug("socket abort failed", exc_info=True)
 
     @staticmethod
-    def _put_sentinel(q: queue.Queue[object], item: object) -> None:
+    def _put_sentinel(q: queue.Queue[object] | queue.SimpleQueue[object], item: object) -> None:
         # Sentinels must get in even if the queue is full of work nobody will do.
+        if isinstance(q, queue.SimpleQueue):
+            q.put(item)  # unbounded: the bound is the producer's check
+            return
         while True:
             try:
                 q.put_nowait(item)
@@ -1033,9 +1040,10 @@ class Conversation(EventEmitter):
     def _audio_put(self, item: object) -> None:
         if "audio" not in self._threads:
             return
-        try:
-            self._audio_q.put_nowait(item)
-        except queue.Full:
+        q = self._audio_q
+        if q.qsize() < AUDIO_QUEUE_SIZE or not isinstance(item, AudioEvent):
+            q.put(item)  # control items (_RESET) always get in
+        else:
             self.stats["dropped_audio"] += 1
             self._log.error("audio queue full; dropped an agent audio chunk")
 
