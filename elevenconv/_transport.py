@@ -80,10 +80,36 @@ class _FrameTooLarge(websocket.WebSocketProtocolException):
     pass
 
 
+#: recv() size of the frame reader: what the socket has, up to this much, in one call.
+_READ_SIZE = 64 * 1024
+_MAX_READ = 1024 * 1024
+
+
 class _LimitedFrameBuffer(websocket._abnf.frame_buffer):
-    """websocket-client's frame reader with a size limit checked before the payload is read."""
+    """websocket-client's frame reader with a size limit checked before the payload is read,
+    and a read buffer."""
 
     max_size = DEFAULT_MAX_FRAME_SIZE
+
+    def __init__(self, recv_fn: Callable[[int], bytes], skip_utf8_validation: bool) -> None:
+        super().__init__(recv_fn, skip_utf8_validation)
+        self._rbuf = bytearray()
+
+    def recv_strict(self, bufsize: int) -> bytes:
+        """Exactly ``bufsize`` bytes. websocket-client's version asks the socket for exactly
+        what is missing: three recv() calls per frame (header, length, payload). This one
+        reads what is there (up to 64 KiB), so a frame costs one call or less. Only this
+        reader consumes the socket after the handshake, so reading ahead is safe."""
+        buf = self._rbuf
+        while len(buf) < bufsize:
+            buf += self.recv(min(max(_READ_SIZE, bufsize - len(buf)), _MAX_READ))
+        if len(buf) == bufsize:
+            data = bytes(buf)
+            buf.clear()
+        else:
+            data = bytes(buf[:bufsize])
+            del buf[:bufsize]
+        return data
 
     def recv_length(self) -> None:
         super().recv_length()
