@@ -441,8 +441,13 @@ def test_events_flood_drops_new_events_and_the_reader_keeps_answering(
             assert conv._events_q.qsize() <= size
             assert conv.stats["dropped_events"] >= 2 * flood - size
         assert "events behind" in caplog.text
+        queued = conv._events_q.qsize()  # the reader is idle: nothing more comes in
     finally:
         gate.set()
+    # Let the events thread work through what was kept (5 events were delivered before
+    # the handler got stuck), so that the marker below finds room.
+    with events._cond:
+        assert events._cond.wait_for(lambda: len(events.calls) == 5 + queued, scaled(10))
     marker = threading.Event()
     conv.on("agent_response", lambda text: marker.set() if text == "marker" else None)
     fake.push(agent_response("marker", flood + 10))
