@@ -217,6 +217,7 @@ class DefaultAudioInterface(AudioInterface):
         self._playing = False
         self._playing_generation = 0
         self._drained = threading.Event()
+        self._stopping = threading.Event()  # set by stop(): ends play-out waits
         self._drained.set()
         #: Speaker buffers dropped by the ``max_output_buffer_s`` limit.
         self.output_dropped = 0
@@ -277,14 +278,15 @@ class DefaultAudioInterface(AudioInterface):
         self._teardown()
 
     def _teardown(self) -> None:
+        self._stopping.set()  # ends a wait_until_drained() play-out wait early
         for stream in (self._in_stream, self._out_stream):
             if stream is None:
                 continue
-            try:
-                if stream.is_active():
-                    stream.stop_stream()
-            except Exception:
-                logger.debug("stopping a PortAudio stream failed", exc_info=True)
+            # close() without stop_stream() aborts (Pa_CloseStream discards pending
+            # buffers): stop_stream() would wait for up to a whole buffer (250 ms for the
+            # microphone). What the speaker still had to play was waited for already by
+            # wait_until_drained() when the agent ended the call; otherwise the call was
+            # interrupted and nothing more should be heard.
             try:
                 stream.close()
             except Exception:
@@ -587,6 +589,11 @@ class DefaultAudioInterface(AudioInterface):
         self._flush_resampler()
         while True:
             if self._is_drained():
+                # Handed over; now let the device play out what it holds, so that a
+                # stop() right after does not cut the last words (bounded by timeout).
+                playout = min(self.output_latency_s, max(0.0, deadline - time.monotonic()))
+                if playout > 0:
+                    self._stopping.wait(playout)
                 return True
             # The callback sets the event when it runs dry; clear it and check again so a
             # set() from a run-dry that has since been refilled is not mistaken for ours.
