@@ -38,7 +38,9 @@ class ElevenLabsClient:
     required for private agents (:meth:`get_signed_url`). ``base_url`` selects the
     region (``https://api.eu.residency.elevenlabs.io``) or a local
     :class:`~elevenconv.testing.AgentSimulator` (``sim.base_url``). ``verify=False``
-    disables TLS certificate checks (logged as a warning; never do it in production).
+    disables TLS certificate checks of the signed-URL request only (logged as a warning;
+    never in production); the WebSocket's TLS is set with
+    ``Conversation(transport_options={"sslopt": {...}})``.
     The key is never logged or shown in ``repr``.
     """
 
