@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from elevenconv.errors import AudioError, ConfigurationError
+from elevenconv.protocol import AUDIO_FORMATS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -45,20 +46,9 @@ __all__ = [
     "ulaw_encode",
 ]
 
-#: The format names of the Agents protocol, as announced in
-#: ``conversation_initiation_metadata`` (``agent_output_audio_format`` and
-#: ``user_input_audio_format``). PCM is 16-bit signed little-endian mono; ``ulaw`` is
-#: G.711 mu-law, 8 bits per sample.
-AUDIO_FORMATS: tuple[str, ...] = (
-    "pcm_8000",
-    "pcm_16000",
-    "pcm_22050",
-    "pcm_24000",
-    "pcm_44100",
-    "pcm_48000",
-    "ulaw_8000",
-)
-
+# The format names of the Agents protocol (``AUDIO_FORMATS``) are defined once, with the
+# protocol, and re-exported here: PCM is 16-bit signed little-endian mono; ``ulaw`` is
+# G.711 mu-law, 8 bits per sample.
 #: The device side of every conversion (see :mod:`elevenconv._audio`).
 _DEVICE_RATE = 16000
 

@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.sync.server import ServerConnection, serve
 
+from elevenconv.testing._fake import SentLog
 from tests.conftest import scaled
 
 
@@ -167,7 +168,7 @@ def loopback_server() -> Iterator[Callable[..., LoopbackServer]]:
             raise server.errors[0]
 
 
-class LoopbackControl:
+class LoopbackControl(SentLog):
     """The test-side API of :class:`elevenconv.testing.FakeWebSocket`, on a real server.
 
     Lets one test body run against both the in-memory fake and a real WebSocket
@@ -192,8 +193,7 @@ class LoopbackControl:
         self.user_input_audio_format = user_input_audio_format
         self.on_send = on_send
         self.client_close_code: int | None = None
-        self._cond = threading.Condition()
-        self._sent: list[Any] = []
+        super().__init__()
         self._ws: ServerConnection | None = None
         self._closed = False
         self.server = LoopbackServer(self._script, process_request=process_request)
@@ -208,9 +208,7 @@ class LoopbackControl:
                 if isinstance(data, str):
                     with contextlib.suppress(ValueError):
                         message = json.loads(data)
-                with self._cond:
-                    self._sent.append(message)
-                    self._cond.notify_all()
+                self._record(message)
                 if (
                     self.auto_metadata
                     and isinstance(message, dict)
@@ -268,35 +266,8 @@ class LoopbackControl:
     def closed(self) -> bool:
         return self._closed
 
-    def sent(self, type: str | None = None) -> list[Any]:
-        with self._cond:
-            return [m for m in self._sent if _matches(m, type)]
-
-    def wait_for_sent(
-        self, type: str | None = None, *, count: int = 1, timeout: float = 5.0
-    ) -> list[Any]:
-        with self._cond:
-            ok = self._cond.wait_for(
-                lambda: len([m for m in self._sent if _matches(m, type)]) >= count, timeout
-            )
-            found = [m for m in self._sent if _matches(m, type)]
-        if not ok:
-            raise TimeoutError(f"client sent {len(found)} {type or 'message'}(s), expected {count}")
-        return found
-
-    def wait_closed(self, timeout: float = 5.0) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self._closed, timeout)
-
-
-def _matches(message: Any, type: str | None) -> bool:
-    if type is None:
-        return True
-    if not isinstance(message, dict):
-        return False
-    if type == "user_audio_chunk":
-        return "user_audio_chunk" in message
-    return message.get("type") == type
+    def _is_closed(self) -> bool:
+        return self._closed
 
 
 class Harness:

@@ -5,35 +5,16 @@ from __future__ import annotations
 import base64
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
-from elevenconv import AudioInterface, Conversation
+from elevenconv import AudioInterface, Conversation, ConversationEvent
 from tests.conftest import scaled
 
 
 class EventLog:
     """Records every listed event of a Conversation; tests wait on it (no sleeps)."""
 
-    NAMES = (
-        "session_started",
-        "conversation_started",
-        "session_ended",
-        "error",
-        "agent_response",
-        "agent_response_correction",
-        "user_transcript",
-        "tentative_user_transcript",
-        "agent_chat_response_part",
-        "audio",
-        "audio_alignment",
-        "interruption",
-        "latency_measurement",
-        "vad_score",
-        "client_tool_call",
-        "unhandled_client_tool_call",
-        "mode_change",
-        "message",
-    )
+    NAMES = get_args(ConversationEvent)
 
     def __init__(self, conv: Conversation) -> None:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []

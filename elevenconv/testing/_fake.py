@@ -11,12 +11,59 @@ from typing import Any
 from elevenconv._transport import closed_exception
 from elevenconv.errors import ConnectionClosed
 
-__all__ = ["FakeWebSocket"]
+__all__ = ["FakeWebSocket", "SentLog"]
 
 _CLOSED = object()
 
 
-class FakeWebSocket:
+class SentLog:
+    """What the client sent, as the server side of a test sees it (thread-safe).
+
+    Subclasses call :meth:`_record` for each message and say when the connection is
+    closed (:meth:`_is_closed`, with ``self._cond`` notified on change).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._sent: list[Any] = []
+
+    def _record(self, message: Any) -> None:
+        with self._cond:
+            self._sent.append(message)
+            self._cond.notify_all()
+
+    def _is_closed(self) -> bool:
+        raise NotImplementedError
+
+    def sent(self, type: str | None = None) -> list[Any]:
+        """Messages the client sent so far (decoded), optionally only of ``type``
+        (``"user_audio_chunk"`` selects audio)."""
+        with self._cond:
+            return [m for m in self._sent if _matches(m, type)]
+
+    def wait_for_sent(
+        self, type: str | None = None, *, count: int = 1, timeout: float = 5.0
+    ) -> list[Any]:
+        """Block until the client has sent ``count`` messages of ``type``; return them.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds.
+        """
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: len([m for m in self._sent if _matches(m, type)]) >= count, timeout
+            )
+            found = [m for m in self._sent if _matches(m, type)]
+        if not ok:
+            raise TimeoutError(f"client sent {len(found)} {type or 'message'}(s), expected {count}")
+        return found
+
+    def wait_closed(self, timeout: float = 5.0) -> bool:
+        """Block until the connection is closed; ``True`` if it is."""
+        with self._cond:
+            return self._cond.wait_for(self._is_closed, timeout)
+
+
+class FakeWebSocket(SentLog):
     """A scriptable in-memory socket; pass it as ``websocket_factory``.
 
     The test plays the server: :meth:`push` (a dict is JSON-encoded) or
@@ -51,6 +98,7 @@ class FakeWebSocket:
         self.conversation_id = conversation_id
         self.agent_output_audio_format = agent_output_audio_format
         self.user_input_audio_format = user_input_audio_format
+        super().__init__()
         self.on_send = on_send
         self.url: str | None = None
         self.headers: Mapping[str, str] = {}
@@ -58,8 +106,6 @@ class FakeWebSocket:
         #: ``None`` until the client closes; then the close code it sent (1000).
         self.client_close_code: int | None = None
         self._inbox: queue.Queue[object] = queue.Queue()
-        self._sent: list[Any] = []
-        self._cond = threading.Condition()
         self._closed: ConnectionClosed | None = None
 
     # -- the factory and the socket interface (used by the library) ---------------------
@@ -78,9 +124,7 @@ class FakeWebSocket:
             message: Any = json.loads(data)
         except ValueError:
             message = data
-        with self._cond:
-            self._sent.append(message)
-            self._cond.notify_all()
+        self._record(message)
         if (
             self.auto_metadata
             and isinstance(message, dict)
@@ -153,32 +197,8 @@ class FakeWebSocket:
         """Whether the connection is closed (by either side)."""
         return self._closed is not None
 
-    def sent(self, type: str | None = None) -> list[Any]:
-        """Messages the client sent so far (decoded), optionally only of ``type``
-        (``"user_audio_chunk"`` selects audio)."""
-        with self._cond:
-            return [m for m in self._sent if _matches(m, type)]
-
-    def wait_for_sent(
-        self, type: str | None = None, *, count: int = 1, timeout: float = 5.0
-    ) -> list[Any]:
-        """Block until the client has sent ``count`` messages of ``type``; return them.
-
-        Raises ``TimeoutError`` after ``timeout`` seconds.
-        """
-        with self._cond:
-            ok = self._cond.wait_for(
-                lambda: len([m for m in self._sent if _matches(m, type)]) >= count, timeout
-            )
-            found = [m for m in self._sent if _matches(m, type)]
-        if not ok:
-            raise TimeoutError(f"client sent {len(found)} {type or 'message'}(s), expected {count}")
-        return found
-
-    def wait_closed(self, timeout: float = 5.0) -> bool:
-        """Block until the connection is closed; ``True`` if it is."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._closed is not None, timeout)
+    def _is_closed(self) -> bool:
+        return self._closed is not None
 
 
 def _matches(message: Any, type: str | None) -> bool:
