@@ -46,7 +46,7 @@ FULL: dict[str, dict[str, Any]] = {
     "end_session": {"rounds": 3, "params": {"sessions": 10}},
     "pong": {"rounds": 2, "params": {"blocks": 3, "block_s": 2.0}},
     "stream": {"rounds": 4, "params": {"n": 500, "interval_s": 0.005, "chunk_bytes": 1600}},
-    "cpu": {"rounds": 4, "params": {"n": 2000, "interval_s": 0.001, "chunk_bytes": 1600}},
+    "cpu": {"rounds": 6, "params": {"n": 2000, "interval_s": 0.001, "chunk_bytes": 1600}},
     "idle": {"rounds": 2, "params": {"seconds": 10.0}},
     "tool": {"rounds": 2, "params": {"n": 100, "gap_s": 0.005}},
     "bargein": {"rounds": 2, "params": {"trials": 4}},
@@ -398,6 +398,8 @@ def render_table(summary: dict[str, Any], extra: dict[str, Any]) -> str:
             title += f" ({entry['samples']['elevenconv']:,} chunks)"
         if fig.key == "concurrent":
             title = title.replace("200", str(extra.get("conversations", 200)))
+        if fig.key == "pong" and "pong_block_s" in extra:
+            title += f" for {extra['pong_block_s']:g} s"
         met = entry.get("met")
         verdict = "-" if met is None else ("yes" if met else "**no**")
         rows.append(
@@ -545,6 +547,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             lib: {k: v for k, v in results["concurrent"][lib][0].items() if k != "latency_ms"}
             for lib in libs
         }
+    if "pong" in results:
+        extra["pong_block_s"] = plan["pong"]["params"]["block_s"]
     if "end_session" in results:
         extra["end_session_returned_ms"] = {
             lib: summarize(_samples("returned_ms")(results["end_session"][lib])) for lib in libs
