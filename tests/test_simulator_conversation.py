@@ -137,17 +137,24 @@ def test_barge_in_end_to_end_on_the_sound_server(sound_server: Any, contract: An
         conv.end_session()
     assert interrupted
     samples = as_array(capture.pcm)
-    # time_of(index) maps samples to monotonic time; find the first sample after settle.
-    lo, hi = 0, len(samples) - 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if capture.time_of(mid) < settle:
-            lo = mid + 1
-        else:
-            hi = mid
-    start = lo
+
+    def index_at(t: float) -> int:
+        # time_of(index) maps samples to monotonic time: the first sample played at t.
+        lo, hi = 0, len(samples) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if capture.time_of(mid) < t:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    start = index_at(settle)
     after = samples[start : start + 8000]
-    before = samples[max(0, start - 24000) : start - 8000]
+    # The 200 ms before the interruption arrived: the agent was talking (it was audible
+    # before the user spoke, and the VAD needs longer than this to fire).
+    i_interrupt = index_at(t_interrupt)
+    before = samples[max(0, i_interrupt - 3200) : i_interrupt]
     print(f"speaker RMS before barge-in {rms(before):.0f}, after {rms(after):.0f}")
     assert rms(before) > 500
     assert rms(after) < 50
