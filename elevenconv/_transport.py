@@ -83,8 +83,6 @@ class _FrameTooLarge(websocket.WebSocketProtocolException):
 #: recv() size of the frame reader: what the socket has, up to this much, in one call.
 _READ_SIZE = 64 * 1024
 _MAX_READ = 1024 * 1024
-_OP_TEXT = websocket.ABNF.OPCODE_TEXT
-_OP_BINARY = websocket.ABNF.OPCODE_BINARY
 
 
 class _LimitedFrameBuffer(websocket._abnf.frame_buffer):
@@ -113,40 +111,6 @@ class _LimitedFrameBuffer(websocket._abnf.frame_buffer):
             del buf[:bufsize]
         return data
 
-    def recv_simple_frame(self, in_message: bool) -> tuple[int, bytes] | None:
-        """The next frame, if it is a whole message: FIN text/binary, no RSV bits, no mask.
-
-        Every message the service sends is one; websocket-client's general path (frame
-        object, validation, continuation bookkeeping, four calls deep) was the reader's
-        largest cost after JSON. Returns ``None`` without consuming anything for any
-        other frame (control, fragment, or a frame that is not allowed), which the
-        general path then reads and checks as before. Blocks until the header is in.
-        """
-        if in_message or self.header is not None:
-            return None  # a fragmented message or a partly read frame: general path
-        buf = self._rbuf
-        while len(buf) < 2:
-            buf += self.recv(_READ_SIZE)
-        b1, b2 = buf[0], buf[1]
-        opcode = b1 & 0x0F
-        if b1 & 0xF0 != 0x80 or b2 & 0x80 or opcode not in (_OP_TEXT, _OP_BINARY):
-            return None
-        length = b2 & 0x7F
-        start = 2
-        if length >= 126:
-            start = 4 if length == 126 else 10
-            while len(buf) < start:
-                buf += self.recv(_READ_SIZE)
-            length = int.from_bytes(buf[2:start], "big")
-        if length > self.max_size:
-            raise _FrameTooLarge(f"frame of {length} bytes exceeds the {self.max_size} byte limit")
-        end = start + length
-        while len(buf) < end:
-            buf += self.recv(min(max(_READ_SIZE, end - len(buf)), _MAX_READ))
-        payload = bytes(buf[start:end])
-        del buf[:end]
-        return opcode, payload
-
     def recv_length(self) -> None:
         super().recv_length()
         if self.length is not None and self.length > self.max_size:
@@ -170,8 +134,6 @@ class WebSocketClientSocket:
 
     def __init__(self, ws: Any) -> None:
         self._ws = ws
-        frames = getattr(ws, "frame_buffer", None)
-        self._fast = frames.recv_simple_frame if isinstance(frames, _LimitedFrameBuffer) else None
 
     def send(self, data: str) -> None:
         self._ws.send(data)
@@ -184,13 +146,7 @@ class WebSocketClientSocket:
         (code ``None``) when the connection dropped.
         """
         try:
-            simple = None
-            if self._fast is not None:
-                simple = self._fast(bool(self._ws.cont_frame.recving_frames))
-            if simple is None:
-                opcode, data = self._ws.recv_data()
-            else:
-                opcode, data = simple
+            opcode, data = self._ws.recv_data()
         except _FrameTooLarge as exc:
             self._close_quietly(1009, "message too big")
             raise ConnectionClosedError(1009, str(exc)) from exc
