@@ -337,8 +337,9 @@ class RawServer:
     """A hand-written WebSocket server that sends one frame *header* announcing a huge
     payload and then nothing: a client that tried to read the payload would hang."""
 
-    def __init__(self, length: int) -> None:
+    def __init__(self, length: int, frame: bytes | None = None) -> None:
         self.length = length
+        self.frame = frame
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.client_close: queue.Queue[bytes] = queue.Queue()
@@ -371,7 +372,10 @@ class RawServer:
                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
                 )
                 # FIN + binary, 64-bit length, and only a few payload bytes.
-                conn.sendall(b"\x82\x7f" + struct.pack("!Q", self.length) + b"abc")
+                if self.frame is not None:
+                    conn.sendall(self.frame)
+                else:
+                    conn.sendall(b"\x82\x7f" + struct.pack("!Q", self.length) + b"abc")
                 # Read the client's (masked) close frame.
                 data = b""
                 while len(data) < 6:
@@ -406,6 +410,22 @@ def test_oversized_frame_is_refused_from_its_header_without_reading_the_payload(
         assert outcome[0].code == 1009
         close_payload = server.client_close.get(timeout=WAIT)
         assert struct.unpack("!H", close_payload[:2])[0] == 1009
+    finally:
+        ws.abort()
+        server.thread.join(WAIT)
+    assert not server.errors
+
+
+def test_invalid_utf8_text_frame_closes_with_1007() -> None:
+    server = RawServer(0, frame=b"\x81\x02\xff\xfe")  # FIN text, 2 bytes, not UTF-8
+    ws = create_websocket(f"ws://127.0.0.1:{server.port}/x", {}, connect_timeout=WAIT)
+    try:
+        done, outcome = recv_in_thread(ws)
+        assert done.wait(WAIT)
+        assert isinstance(outcome[0], ConnectionClosedError), outcome
+        assert outcome[0].code == 1007
+        close_payload = server.client_close.get(timeout=WAIT)
+        assert struct.unpack("!H", close_payload[:2])[0] == 1007
     finally:
         ws.abort()
         server.thread.join(WAIT)
