@@ -208,15 +208,7 @@ class LoopbackControl(SentLog):
                 if isinstance(data, str):
                     with contextlib.suppress(ValueError):
                         message = json.loads(data)
-                self._record(message)
-                if (
-                    self.auto_metadata
-                    and isinstance(message, dict)
-                    and message.get("type") == "conversation_initiation_client_data"
-                ):
-                    self.push_metadata()
-                if self.on_send is not None:
-                    self.on_send(self, message)
+                self._on_client_message(message)
         finally:
             with self._cond:
                 self._closed = True
@@ -237,18 +229,6 @@ class LoopbackControl(SentLog):
     def push_raw(self, data: str | bytes) -> None:
         with contextlib.suppress(ConnectionClosed):
             self._connection().send(data)
-
-    def push_metadata(self, conversation_id: str | None = None) -> None:
-        self.push(
-            {
-                "type": "conversation_initiation_metadata",
-                "conversation_initiation_metadata_event": {
-                    "conversation_id": conversation_id or self.conversation_id,
-                    "agent_output_audio_format": self.agent_output_audio_format,
-                    "user_input_audio_format": self.user_input_audio_format,
-                },
-            }
-        )
 
     def server_close(self, code: int = 1000, reason: str = "") -> None:
         ws = self._connection()

@@ -35,6 +35,43 @@ class SentLog:
     def _is_closed(self) -> bool:
         raise NotImplementedError
 
+    # The server side's settings and its answer to the handshake, shared by subclasses.
+    auto_metadata: bool = True
+    conversation_id: str = "conv_fake"
+    agent_output_audio_format: str = "pcm_16000"
+    user_input_audio_format: str = "pcm_16000"
+    on_send: Callable[[Any, Any], None] | None = None
+
+    def push(self, message: Mapping[str, Any]) -> None:
+        """Send ``message`` to the client (JSON-encoded)."""
+        raise NotImplementedError
+
+    def _on_client_message(self, message: Any) -> None:
+        """Record a client message, answer the initiation (``auto_metadata``), call
+        ``on_send``."""
+        self._record(message)
+        if (
+            self.auto_metadata
+            and isinstance(message, dict)
+            and message.get("type") == "conversation_initiation_client_data"
+        ):
+            self.push_metadata()
+        if self.on_send is not None:
+            self.on_send(self, message)
+
+    def push_metadata(self, conversation_id: str | None = None) -> None:
+        """Queue a ``conversation_initiation_metadata`` message."""
+        self.push(
+            {
+                "type": "conversation_initiation_metadata",
+                "conversation_initiation_metadata_event": {
+                    "conversation_id": conversation_id or self.conversation_id,
+                    "agent_output_audio_format": self.agent_output_audio_format,
+                    "user_input_audio_format": self.user_input_audio_format,
+                },
+            }
+        )
+
     def sent(self, type: str | None = None) -> list[Any]:
         """Messages the client sent so far (decoded), optionally only of ``type``
         (``"user_audio_chunk"`` selects audio)."""
@@ -124,15 +161,7 @@ class FakeWebSocket(SentLog):
             message: Any = json.loads(data)
         except ValueError:
             message = data
-        self._record(message)
-        if (
-            self.auto_metadata
-            and isinstance(message, dict)
-            and message.get("type") == "conversation_initiation_client_data"
-        ):
-            self.push_metadata()
-        if self.on_send is not None:
-            self.on_send(self, message)
+        self._on_client_message(message)
 
     def recv(self) -> str | bytes:
         item = self._inbox.get()
@@ -162,19 +191,6 @@ class FakeWebSocket(SentLog):
     def push_raw(self, data: str | bytes) -> None:
         """Queue a raw text or binary frame, as is."""
         self._inbox.put(data)
-
-    def push_metadata(self, conversation_id: str | None = None) -> None:
-        """Queue a ``conversation_initiation_metadata`` message."""
-        self.push(
-            {
-                "type": "conversation_initiation_metadata",
-                "conversation_initiation_metadata_event": {
-                    "conversation_id": conversation_id or self.conversation_id,
-                    "agent_output_audio_format": self.agent_output_audio_format,
-                    "user_input_audio_format": self.user_input_audio_format,
-                },
-            }
-        )
 
     def server_close(self, code: int = 1000, reason: str = "") -> None:
         """Close from the server side with ``code`` and ``reason``."""
