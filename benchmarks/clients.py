@@ -52,6 +52,11 @@ class Adapter:
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
 
+    mod: Any = None  # the module with Conversation and ClientTools
+    client: Any = None
+    #: Extra Conversation arguments only this library has.
+    extra_kwargs: dict[str, Any] = {}
+
     def create(
         self,
         scenario: str,
@@ -59,7 +64,19 @@ class Adapter:
         iface: Any,
         on_agent_response: Callable[[str], None] | None = None,
     ) -> Any:
-        raise NotImplementedError
+        """The same Conversation call, with the same tool, for both libraries."""
+        tools = self.mod.ClientTools()
+        tools.register("bench_tool", _bench_tool)
+        return self.mod.Conversation(
+            self.client,
+            AGENT.format(scenario),
+            requires_auth=False,
+            audio_interface=iface,
+            client_tools=tools,
+            user_id=tag,
+            callback_agent_response=on_agent_response,
+            **self.extra_kwargs,
+        )
 
     def start(self, conv: Any) -> None:
         raise NotImplementedError
@@ -88,20 +105,7 @@ class ElevenconvAdapter(Adapter):
         self.mod = elevenconv
         self.AudioInterface = elevenconv.AudioInterface
         self.client = elevenconv.ElevenLabsClient(api_key=API_KEY, base_url=self.base_url)
-
-    def create(self, scenario, tag, iface, on_agent_response=None):  # type: ignore[no-untyped-def]
-        tools = self.mod.ClientTools()
-        tools.register("bench_tool", _bench_tool)
-        return self.mod.Conversation(
-            self.client,
-            AGENT.format(scenario),
-            requires_auth=False,
-            audio_interface=iface,
-            client_tools=tools,
-            user_id=tag,
-            callback_agent_response=on_agent_response,
-            start_timeout=START_TIMEOUT,
-        )
+        self.extra_kwargs = {"start_timeout": START_TIMEOUT}
 
     def start(self, conv: Any) -> None:
         conv.start_session()  # returns once conversation_initiation_metadata arrived
@@ -137,19 +141,6 @@ class OfficialAdapter(Adapter):
         self.mod = conv_mod
         self.AudioInterface = conv_mod.AudioInterface
         self.client = ElevenLabs(api_key=API_KEY, base_url=self.base_url)
-
-    def create(self, scenario, tag, iface, on_agent_response=None):  # type: ignore[no-untyped-def]
-        tools = self.mod.ClientTools()
-        tools.register("bench_tool", _bench_tool)
-        return self.mod.Conversation(
-            self.client,
-            AGENT.format(scenario),
-            user_id=tag,
-            requires_auth=False,
-            audio_interface=iface,
-            client_tools=tools,
-            callback_agent_response=on_agent_response,
-        )
 
     def start(self, conv: Any) -> None:
         # start_session() returns at once (it connects on its thread) and the SDK has no
