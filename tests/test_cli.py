@@ -5,6 +5,7 @@ Every wait is a deadline on output (``select`` + ``os.read``), never a sleep.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pty
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +103,27 @@ def run_cli(*args: str, timeout: float = 30, **kw: Any) -> subprocess.CompletedP
         env=kw.pop("env", _env()),
         **kw,
     )
+
+
+@contextlib.contextmanager
+def spawn_cli(*args: str) -> Iterator[tuple[subprocess.Popen[bytes], Output]]:
+    """Start the CLI in its own process group; kill the group if the test leaves it running."""
+    proc = subprocess.Popen(
+        [*CLI, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=_env(),
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    try:
+        yield proc, Output(proc.stdout.fileno())
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
 
 
 @pytest.mark.timeout(60)
@@ -214,17 +237,7 @@ def test_usage_help_and_version() -> None:
 def test_ctrl_c_ends_the_chat_cleanly(tmp_path: Path) -> None:
     script = tmp_path / "turns.txt"
     script.write_text("hello\n/wait 120\n")
-    proc = subprocess.Popen(
-        [*CLI, "chat", "--no-voice", "--script", str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-        env=_env(),
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    out = Output(proc.stdout.fileno())
-    try:
+    with spawn_cli("chat", "--no-voice", "--script", str(script)) as (proc, out):
         out.expect(r"agent: Hello there!")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(scaled(15)) == 130
@@ -233,26 +246,14 @@ def test_ctrl_c_ends_the_chat_cleanly(tmp_path: Path) -> None:
         assert "[conversation ended]" in text
         assert "Traceback" not in text
         _no_processes_left(proc.pid)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        proc.stdout.close()
 
 
 @pytest.mark.timeout(60)
 def test_simulate_prints_its_url_serves_clients_and_stops_on_sigint() -> None:
-    proc = subprocess.Popen(
-        [*CLI, "simulate", "--port", "0", "--realtime-factor", "0", "--tts", "tone"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-        env=_env(),
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    out = Output(proc.stdout.fileno())
-    try:
+    with spawn_cli("simulate", "--port", "0", "--realtime-factor", "0", "--tts", "tone") as (
+        proc,
+        out,
+    ):
         base_url = out.expect(r"simulator on (http://127\.0\.0\.1:\d+)").group(1)
         out.expect(r"websocket: ws://127\.0\.0\.1:\d+/v1/convai/conversation\?agent_id=sim-agent")
 
@@ -287,11 +288,6 @@ def test_simulate_prints_its_url_serves_clients_and_stops_on_sigint() -> None:
         assert proc.wait(scaled(15)) == 0
         assert "[simulator stopped]" in out.drain(2)
         _no_processes_left(proc.pid)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        proc.stdout.close()
 
 
 @pytest.mark.timeout(60)
