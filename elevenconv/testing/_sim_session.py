@@ -277,7 +277,9 @@ class SimSession:
 
     Settings: ``index``, ``agent`` (:class:`AgentConfig`), ``agent_id``,
     ``conversation_id``, ``query`` (all query parameters), ``source``, ``version``,
-    ``signed`` (came with a valid signature).
+    ``signed`` (came with a valid signature), ``bearer`` (came with a valid conversation
+    token as the ``bearer.<token>`` subprotocol), ``subprotocol`` (the one selected:
+    ``"convai"`` or ``None``).
 
     From ``conversation_initiation_client_data``: ``initiation`` (the raw message or
     ``None``), ``overrides`` (``conversation_config_override``), ``first_message``,
@@ -302,6 +304,8 @@ class SimSession:
         query: Mapping[str, str],
         *,
         signed: bool,
+        bearer: bool = False,
+        subprotocol: str | None = None,
         recorder: Recorder,
         strict: bool,
         hooks: list[ClientMessageHook],
@@ -317,6 +321,8 @@ class SimSession:
         self.source = self.query.get("source")
         self.version = self.query.get("version")
         self.signed = signed
+        self.bearer = bearer
+        self.subprotocol = subprotocol
         self.conversation_id = f"conv_sim_{secrets.token_hex(8)}"
         self.started_at = time.monotonic()
         self.tts: TtsEngine = tts

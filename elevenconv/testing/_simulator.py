@@ -18,8 +18,17 @@ What it serves:
 * ``GET /v1/convai/conversation/get-signed-url?agent_id=X`` (header ``xi-api-key``): 200
   ``{"signed_url": ...}`` with a single-use, expiring ``conversation_signature``; 401 for a
   wrong key, 404 for an unknown agent, with JSON ``{"detail": {...}}`` bodies.
+  (``get_signed_url``, the older spelling, too).
+* ``GET /v1/convai/conversation/token?agent_id=X``: 200 ``{"token": ...}``, a single-use,
+  expiring conversation token (a private agent's needs the ``xi-api-key`` header, else 401).
 * ``/v1/convai/conversation?agent_id=X`` (WebSocket): refused at the handshake with 404
-  (unknown agent) or 403 (bad, expired or reused signature; private agent without one).
+  (unknown agent) or 403 (bad, expired or reused signature or token; private agent without
+  either). Like the service, the ``convai`` subprotocol is selected when the client offers
+  it (the browser client always does), and a ``bearer.<token>`` subprotocol offer (the
+  browser client's ``authorization`` option) must carry a valid conversation token.
+  Clients that offer no subprotocol get none.
+* Every HTTP answer carries CORS headers (``Access-Control-Allow-Origin: *``) and
+  ``OPTIONS`` preflights get 204, so a page served from another origin can fetch them.
 * Per connection either the default agent (:mod:`elevenconv.testing._sim_agent`: first
   message, rule-based replies, client tool calls, ``end_call``, pings, speech and VAD,
   barge-in) or a script of :class:`Step` s, plus :class:`Faults`.
@@ -59,6 +68,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 from websockets.sync.server import Server, ServerConnection, serve
+from websockets.typing import Subprotocol
 
 from elevenconv.errors import ConfigurationError, SessionStateError
 from elevenconv.testing._contract import client_message_kind
@@ -106,7 +116,22 @@ logger = logging.getLogger("elevenconv.testing.simulator")
 DEFAULT_AGENT_ID = "sim-agent"
 
 SIGNED_URL_PATH = "/v1/convai/conversation/get-signed-url"
+#: The older spelling the first SDKs used; the service still answers it.
+SIGNED_URL_PATH_OLD = "/v1/convai/conversation/get_signed_url"
+TOKEN_PATH = "/v1/convai/conversation/token"  # noqa: S105 - a path, not a secret
 CONVERSATION_PATH = "/v1/convai/conversation"
+#: The WebSocket subprotocol the browser client always offers (selected when offered).
+MAIN_SUBPROTOCOL = "convai"
+#: Prefix of the subprotocol that carries a conversation token: ``bearer.<token>``.
+BEARER_PREFIX = "bearer."
+
+#: Headers on every HTTP answer so that a page on another origin can call the API.
+CORS_HEADERS: tuple[tuple[str, str], ...] = (
+    ("Access-Control-Allow-Origin", "*"),
+    ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+    ("Access-Control-Allow-Headers", "xi-api-key, authorization, content-type"),
+    ("Access-Control-Max-Age", "600"),
+)
 
 _UNSET: Any = object()
 
@@ -128,11 +153,21 @@ class HttpRecord:
     headers: Mapping[str, str]
 
 
+@dataclass(frozen=True)
+class _Admission:
+    """What the handshake decided about an accepted connection."""
+
+    agent: AgentConfig
+    query: dict[str, str]
+    signed: bool
+    bearer: bool
+
+
 class _SimConnection(ServerConnection):
     """A ServerConnection that carries what the handshake decided about it."""
 
     sim_index: int = -1
-    sim_request: tuple[AgentConfig, dict[str, str], bool] | None = None
+    sim_request: _Admission | None = None
 
 
 class AgentSimulator:
@@ -218,8 +253,8 @@ class AgentSimulator:
             if not isinstance(agent, AgentConfig):
                 raise ConfigurationError(f"agents must be AgentConfig objects, got {agent!r}")
             self._agents[agent.agent_id] = agent
-        self._tokens: dict[str, tuple[str, float]] = {}
-        self._used_tokens: set[str] = set()
+        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+        self._used_tokens: set[tuple[str, str]] = set()
         self._sessions: list[SimSession] = []
         self._workers: list[AgentWorker] = []
         self._threads: list[threading.Thread] = []
@@ -246,6 +281,7 @@ class AgentSimulator:
                 self.host,
                 self._requested_port,
                 process_request=self._process_request,
+                select_subprotocol=_select_subprotocol,
                 # websockets types this as a class; any factory with its signature works.
                 create_connection=cast("type[ServerConnection]", self._create_connection),
                 compression=None,
@@ -377,8 +413,23 @@ class AgentSimulator:
             raise ConfigurationError(f"unknown agent {agent_id!r}")
         token = secrets.token_urlsafe(24)
         with self._lock:
-            self._tokens[token] = (agent_id, time.monotonic() + self.signed_url_ttl)
+            self._tokens[("signature", token)] = (agent_id, time.monotonic() + self.signed_url_ttl)
         return self.ws_url(agent_id, conversation_signature=token)
+
+    def conversation_token(self, agent_id: str = DEFAULT_AGENT_ID) -> str:
+        """Mint a conversation token directly (what ``GET /v1/convai/conversation/token``
+        returns): single use, valid for ``signed_url_ttl`` seconds, for ``agent_id`` only.
+
+        The browser client sends it as the ``bearer.<token>`` WebSocket subprotocol
+        (its ``authorization`` option) next to ``convai``.
+        """
+        if agent_id not in self._agents:
+            raise ConfigurationError(f"unknown agent {agent_id!r}")
+        # token_urlsafe has only characters valid in a subprotocol name (an HTTP token).
+        token = "sim_" + secrets.token_urlsafe(24)
+        with self._lock:
+            self._tokens[("token", token)] = (agent_id, time.monotonic() + self.signed_url_ttl)
+        return token
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -590,64 +641,87 @@ class AgentSimulator:
         url = urlsplit(request.path)
         query = dict(parse_qsl(url.query))
         headers = {k.lower(): v for k, v in request.headers.raw_items()}
-        response = self._route(conn, url.path, query, request.headers)
+        response = self._route(conn, request, url.path, query)
         status = 101 if response is None else response.status_code
         with self._lock:
             self.http_requests.append(HttpRecord(time.monotonic(), request.path, status, headers))
         return response
 
     def _route(
-        self, conn: ServerConnection, path: str, query: dict[str, str], headers: Headers
+        self, conn: ServerConnection, request: Request, path: str, query: dict[str, str]
     ) -> Response | None:
+        headers = request.headers
+        if request.method == "OPTIONS":  # CORS preflight, for any path
+            return _cors_preflight()
+        if request.method != "GET":
+            return _json_response(
+                405, {"detail": {"status": "method_not_allowed", "message": "Use GET"}}
+            )
         agent = self._agents.get(query.get("agent_id", ""))
-        if path == SIGNED_URL_PATH:
+        if path in (SIGNED_URL_PATH, SIGNED_URL_PATH_OLD):
             if headers.get("xi-api-key") != self.api_key:
-                return _json_response(
-                    401, {"detail": {"status": "invalid_api_key", "message": "Invalid API key"}}
-                )
+                return _invalid_api_key()
             if agent is None:
                 return _not_found_agent(query.get("agent_id"))
             return _json_response(200, {"signed_url": self.signed_url(agent.agent_id)})
+        if path == TOKEN_PATH:
+            # Public agents hand out tokens to anyone (the browser client fetches one with
+            # no key); a private agent's token needs the API key, like a signed URL.
+            if agent is None:
+                return _not_found_agent(query.get("agent_id"))
+            key = headers.get("xi-api-key")
+            if (agent.private or key is not None) and key != self.api_key:
+                return _invalid_api_key()
+            return _json_response(200, {"token": self.conversation_token(agent.agent_id)})
         if path != CONVERSATION_PATH:
             return _json_response(404, {"detail": {"status": "not_found", "message": "Not Found"}})
         if agent is None:
             return _not_found_agent(query.get("agent_id"))
         signature = query.get("conversation_signature")
+        bearer = _bearer_token(headers)
         signed = False
         if signature is not None:
             problem = self._consume_token(signature, agent.agent_id)
             if problem:
-                return _json_response(
-                    403, {"detail": {"status": "invalid_signature", "message": problem}}
-                )
+                return _invalid_signature(problem)
             signed = True
-        elif agent.private and headers.get("xi-api-key") != self.api_key:
+        if bearer is not None:
+            problem = self._consume_token(bearer, agent.agent_id, kind="token")
+            if problem:
+                return _invalid_signature(problem)
+        elif not signed and agent.private and headers.get("xi-api-key") != self.api_key:
             return _json_response(
                 403,
                 {
                     "detail": {
                         "status": "authentication_required",
-                        "message": "This agent is private: use a signed URL or an API key",
+                        "message": "This agent is private: use a signed URL, a conversation "
+                        "token or an API key",
                     }
                 },
             )
         if isinstance(conn, _SimConnection):
-            conn.sim_request = (agent, query, signed)
+            conn.sim_request = _Admission(agent, query, signed, bearer is not None)
         return None
 
-    def _consume_token(self, token: str, agent_id: str) -> str | None:
+    def _consume_token(self, token: str, agent_id: str, *, kind: str = "signature") -> str | None:
+        what = "conversation token" if kind == "token" else "signed URL"
         with self._lock:
-            if token in self._used_tokens:
-                return "This signed URL was already used: fetch a new one"
-            entry = self._tokens.pop(token, None)
+            if (kind, token) in self._used_tokens:
+                return f"This {what} was already used: fetch a new one"
+            entry = self._tokens.pop((kind, token), None)
             if entry is None:
-                return "Invalid conversation signature"
-            self._used_tokens.add(token)
+                return (
+                    "Invalid conversation token"
+                    if kind == "token"
+                    else ("Invalid conversation signature")
+                )
+            self._used_tokens.add((kind, token))
         owner, expires = entry
         if owner != agent_id:
-            return "The signature was issued for another agent"
+            return f"The {what} was issued for another agent"
         if time.monotonic() > expires:
-            return "This signed URL has expired: fetch a new one"
+            return f"This {what} has expired: fetch a new one"
         return None
 
     # -- connections -------------------------------------------------------------------------
@@ -655,14 +729,16 @@ class AgentSimulator:
     def _handle(self, conn: ServerConnection) -> None:
         assert isinstance(conn, _SimConnection)
         assert conn.sim_request is not None
-        agent, query, signed = conn.sim_request
+        admission = conn.sim_request
         with self._recorder.cond:
             session = SimSession(
                 len(self._sessions),
                 conn,
-                agent,
-                query,
-                signed=signed,
+                admission.agent,
+                admission.query,
+                signed=admission.signed,
+                bearer=admission.bearer,
+                subprotocol=conn.subprotocol,
                 recorder=self._recorder,
                 strict=self.strict,
                 hooks=self._message_hooks,
@@ -748,6 +824,24 @@ def _close_quietly(session: SimSession, code: int, reason: str) -> None:
         pass
 
 
+def _select_subprotocol(
+    conn: ServerConnection, offered: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    # Like the service: ``convai`` when offered (the ``bearer.<token>`` entry only carries
+    # the credential and is never selected); a client that offers none gets none.
+    return Subprotocol(MAIN_SUBPROTOCOL) if MAIN_SUBPROTOCOL in offered else None
+
+
+def _bearer_token(headers: Headers) -> str | None:
+    """The token of a ``bearer.<token>`` subprotocol offer, if any ("" if empty)."""
+    for value in headers.get_all("Sec-WebSocket-Protocol"):
+        for item in value.split(","):
+            item = item.strip()
+            if item.lower().startswith(BEARER_PREFIX):
+                return item[len(BEARER_PREFIX) :]
+    return None
+
+
 def _json_response(status: int, body: Any) -> Response:
     data = json.dumps(body).encode()
     phrase = http.HTTPStatus(status).phrase
@@ -755,10 +849,26 @@ def _json_response(status: int, body: Any) -> Response:
         [
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(data))),
+            *CORS_HEADERS,
             ("Connection", "close"),
         ]
     )
     return Response(status, phrase, headers, data)
+
+
+def _cors_preflight() -> Response:
+    headers = Headers([("Content-Length", "0"), *CORS_HEADERS, ("Connection", "close")])
+    return Response(204, "No Content", headers, b"")
+
+
+def _invalid_api_key() -> Response:
+    return _json_response(
+        401, {"detail": {"status": "invalid_api_key", "message": "Invalid API key"}}
+    )
+
+
+def _invalid_signature(problem: str) -> Response:
+    return _json_response(403, {"detail": {"status": "invalid_signature", "message": problem}})
 
 
 def _not_found_agent(agent_id: str | None) -> Response:

@@ -1,0 +1,213 @@
+"""AgentSimulator's HTTP side as the official clients meet it: subprotocols, conversation
+tokens (``bearer.<token>``), the token endpoint and CORS for pages on other origins."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+import websocket
+
+from elevenconv.testing import AgentSimulator
+from tests.conftest import scaled
+
+pytestmark = pytest.mark.timeout(60)
+
+FAST: dict[str, Any] = {"ping_interval": None, "audio_realtime_factor": None, "tts": "tone"}
+INIT = {"type": "conversation_initiation_client_data"}
+
+
+@pytest.fixture
+def sim() -> Iterator[AgentSimulator]:
+    with AgentSimulator(**FAST) as simulator:
+        simulator.add_agent("private-agent", private=True)
+        yield simulator
+
+
+def open_ws(url: str, subprotocols: list[str] | None = None) -> websocket.WebSocket:
+    return websocket.create_connection(url, timeout=scaled(5), subprotocols=subprotocols)
+
+
+def start(ws: websocket.WebSocket) -> dict[str, Any]:
+    ws.send(json.dumps(INIT))
+    msg: dict[str, Any] = json.loads(ws.recv())
+    assert msg["type"] == "conversation_initiation_metadata"
+    return msg
+
+
+def token_request(
+    sim: AgentSimulator, agent_id: str, key: str | None = None
+) -> requests.Response:
+    return requests.get(
+        sim.base_url + "/v1/convai/conversation/token",
+        params={"agent_id": agent_id, "source": "js_sdk", "version": "1.25.0"},
+        headers={"xi-api-key": key} if key is not None else {},
+        timeout=scaled(5),
+    )
+
+
+def refusal(url: str, subprotocols: list[str] | None = None) -> tuple[int, Any]:
+    with pytest.raises(websocket.WebSocketBadStatusException) as info:
+        open_ws(url, subprotocols)
+    return info.value.status_code, json.loads(info.value.resp_body or b"null")
+
+
+def test_convai_is_selected_when_offered(sim: AgentSimulator) -> None:
+    ws = open_ws(sim.ws_url(), ["convai"])
+    try:
+        assert ws.getsubprotocol() == "convai"
+        start(ws)
+    finally:
+        ws.close()
+    assert sim.wait_for_session().subprotocol == "convai"
+
+
+def test_no_subprotocol_offered_gets_none(sim: AgentSimulator) -> None:
+    ws = open_ws(sim.ws_url())
+    try:
+        assert ws.getsubprotocol() is None
+        assert "sec-websocket-protocol" not in {k.lower() for k in ws.getheaders()}
+        start(ws)
+    finally:
+        ws.close()
+    session = sim.wait_for_session()
+    assert session.subprotocol is None
+    assert not session.bearer
+
+
+def test_only_unknown_subprotocols_offered_selects_none(sim: AgentSimulator) -> None:
+    # websocket-client refuses a 101 without its subprotocol, as browsers do: the answer
+    # carries none, so the handshake fails on the client's side, never with a wrong one.
+    with pytest.raises(websocket.WebSocketException, match="Invalid WebSocket Header"):
+        open_ws(sim.ws_url(), ["chat"])
+
+
+def test_bearer_token_from_the_token_endpoint_opens_a_private_agent(
+    sim: AgentSimulator,
+) -> None:
+    response = token_request(sim, "private-agent", "sim-api-key")
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == "*"
+    token = response.json()["token"]
+    assert isinstance(token, str) and token
+    ws = open_ws(sim.ws_url("private-agent"), ["convai", f"bearer.{token}"])
+    try:
+        # The credential is never echoed back as the selected subprotocol.
+        assert ws.getsubprotocol() == "convai"
+        start(ws)
+    finally:
+        ws.close()
+    session = sim.wait_for_session()
+    assert session.bearer and not session.signed
+    assert session.agent_id == "private-agent"
+    # Single use, like a signature: the same token again is refused the same way.
+    status, body = refusal(sim.ws_url("private-agent"), ["convai", f"bearer.{token}"])
+    assert status == 403
+    assert body["detail"]["status"] == "invalid_signature"
+    assert "already used" in body["detail"]["message"]
+
+
+def test_bad_bearer_token_is_refused_like_a_bad_signature(sim: AgentSimulator) -> None:
+    bad_signature = refusal(sim.ws_url("sim-agent", conversation_signature="forged"))
+    cases = [
+        ("sim-agent", "bearer.forged"),  # a public agent checks a token it is given, too
+        ("private-agent", "bearer.forged"),
+        ("private-agent", "bearer."),
+        # a token of another agent
+        ("private-agent", "bearer." + sim.conversation_token("sim-agent")),
+    ]
+    for agent_id, offer in cases:
+        status, body = refusal(sim.ws_url(agent_id), ["convai", offer])
+        assert status == bad_signature[0] == 403, offer
+        assert body["detail"]["status"] == bad_signature[1]["detail"]["status"], offer
+    assert sim.sessions == []
+
+
+def test_expired_token_is_refused() -> None:
+    with AgentSimulator(signed_url_ttl=0.0, **FAST) as sim:
+        token = sim.conversation_token()
+        status, body = refusal(sim.ws_url(), ["convai", f"bearer.{token}"])
+        assert status == 403
+        assert "expired" in body["detail"]["message"]
+
+
+def test_private_agent_without_credentials_is_refused(sim: AgentSimulator) -> None:
+    status, body = refusal(sim.ws_url("private-agent"), ["convai"])
+    assert status == 403
+    assert body["detail"]["status"] == "authentication_required"
+
+
+@pytest.mark.parametrize(
+    ("agent_id", "key", "status"),
+    [
+        ("sim-agent", None, 200),  # public: the browser client fetches it with no key
+        ("sim-agent", "sim-api-key", 200),
+        ("sim-agent", "wrong-key", 401),
+        ("private-agent", None, 401),
+        ("private-agent", "wrong-key", 401),
+        ("no-such-agent", "sim-api-key", 404),
+    ],
+)
+def test_token_endpoint(sim: AgentSimulator, agent_id: str, key: str | None, status: int) -> None:
+    response = token_request(sim, agent_id, key)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    if status == 200:
+        assert set(response.json()) == {"token"}
+    else:
+        assert isinstance(response.json()["detail"], dict)
+    assert sim.http_requests[-1].status == status
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/convai/conversation/get-signed-url", "/v1/convai/conversation/token"],
+)
+def test_cors_preflight_and_headers(sim: AgentSimulator, path: str) -> None:
+    preflight = requests.options(
+        sim.base_url + path,
+        params={"agent_id": "private-agent"},
+        headers={
+            "Origin": "http://localhost:5173",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "xi-api-key",
+        },
+        timeout=scaled(5),
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert "GET" in preflight.headers["access-control-allow-methods"]
+    assert "xi-api-key" in preflight.headers["access-control-allow-headers"].lower()
+    response = requests.get(
+        sim.base_url + path,
+        params={"agent_id": "private-agent"},
+        headers={"Origin": "http://localhost:5173", "xi-api-key": "sim-api-key"},
+        timeout=scaled(5),
+    )
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == "*"
+    # Errors carry the headers too, so the page can read the JSON detail.
+    refused = requests.get(sim.base_url + path, params={"agent_id": "nope"}, timeout=scaled(5))
+    assert refused.status_code in (401, 404)
+    assert refused.headers["access-control-allow-origin"] == "*"
+
+
+def test_old_signed_url_spelling_and_other_methods(sim: AgentSimulator) -> None:
+    response = requests.get(
+        sim.base_url + "/v1/convai/conversation/get_signed_url",
+        params={"agent_id": "sim-agent"},
+        headers={"xi-api-key": "sim-api-key"},
+        timeout=scaled(5),
+    )
+    assert response.status_code == 200
+    ws = open_ws(response.json()["signed_url"], ["convai"])
+    try:
+        start(ws)
+    finally:
+        ws.close()
+    assert sim.wait_for_session().signed
+    posted = requests.post(sim.base_url + "/v1/convai/conversation/token", timeout=scaled(5))
+    assert posted.status_code == 405
