@@ -1,0 +1,271 @@
+"""Fixtures: the official ElevenLabs clients, unmodified, against ``AgentSimulator``.
+
+* ``official_sim`` -- a started simulator with a private agent (``PRIVATE_AGENT``) and a
+  voice agent whose greeting is long enough to be interrupted (``VOICE_AGENT``); pings
+  every 0.3 s so that every client answers some. Closed (and checked) after the test.
+* :func:`assert_clean` -- every message either side sent validates against the YAML
+  contract, and the simulator recorded no violation, no contract error, no error.
+* ``speech_wav`` -- a WAV of real speech (espeak-ng, converted by sox to 16 kHz mono
+  PCM16), made at test time: the "user" that barges in.
+* ``js_dir`` -- ``tests/js`` with its ``node_modules`` (``npm ci`` in ``scripts/test``);
+  :func:`run_node` runs one of its scripts with a deadline and returns the JSON it prints.
+* ``page_url`` -- the browser page (``tests/js/page``) bundled by esbuild and served by a
+  loopback HTTP server on its own port (another origin than the simulator, as a real
+  front end). It also plays the app's back end: ``GET /api/signed-url?agent_id=X`` fetches
+  a signed URL from the simulator with the API key (which never reaches the page).
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import threading
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+
+from elevenconv.testing import AgentSimulator
+from tests.conftest import IN_CI, scaled
+from tests.fixtures_contract import Contract
+
+JS_DIR = Path(__file__).resolve().parent / "js"
+PRIVATE_AGENT = "sim-private"
+VOICE_AGENT = "sim-voice"
+#: Long enough (about 9 s of espeak-ng speech at real time) that the user's speech always
+#: arrives while the agent is still talking, even on a slow machine.
+VOICE_GREETING = (
+    "Hello! I am the simulated voice agent. I will keep talking for a while, so that you "
+    "can interrupt me whenever you like. Go ahead and say something, I am listening."
+)
+SPEECH_TEXT = "Excuse me, could you tell me what time it is?"
+
+
+def missing(what: str) -> None:
+    """Skip outside CI, fail in CI (where everything must be installed)."""
+    if IN_CI:
+        pytest.fail(f"{what} (CI must have it: see scripts/test)", pytrace=False)
+    pytest.skip(what)
+
+
+# -- simulator -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def official_sim() -> Iterator[AgentSimulator]:
+    """A started simulator for the official clients (see the module docstring)."""
+    sim = AgentSimulator(ping_interval=0.3, tts="espeak" if shutil.which("espeak-ng") else "tone")
+    sim.add_agent(PRIVATE_AGENT, private=True)
+    sim.add_agent(VOICE_AGENT, first_message=VOICE_GREETING)
+    with sim:
+        yield sim
+
+
+def assert_clean(sim: AgentSimulator, contract: Contract) -> None:
+    """Every message of both directions validates against the YAML contract; the simulator
+    recorded no client violation, no invalid outgoing message and no internal error."""
+    problems: list[str] = []
+    for entry in sim.transcript:
+        if entry.direction == "in":
+            errors = contract.client_errors(entry.message)
+        else:
+            errors = contract.server_errors(entry.message)
+        if errors:
+            excerpt = json.dumps(entry.message)[:300] if isinstance(entry.message, dict) else ""
+            problems.append(f"{entry.direction} {entry.kind}: {errors} {excerpt}")
+    assert not problems, "messages that break the contract:\n" + "\n".join(problems)
+    assert not sim.violations, f"simulator violations: {sim.violations}"
+    assert not sim.contract_errors, f"simulator contract errors: {sim.contract_errors}"
+    assert not sim.errors, f"simulator errors: {sim.errors}"
+
+
+def kinds(sim: AgentSimulator, direction: str) -> list[str]:
+    """The message kinds of one direction, in order."""
+    return [e.kind or "?" for e in sim.transcript if e.direction == direction]
+
+
+# -- audio -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``SPEECH_TEXT`` spoken by espeak-ng, as a 16 kHz mono PCM16 WAV."""
+    espeak, sox = shutil.which("espeak-ng"), shutil.which("sox")
+    if espeak is None or sox is None:
+        missing("espeak-ng and sox are needed to make the speech WAV")
+    assert espeak is not None and sox is not None
+    folder = tmp_path_factory.mktemp("speech")
+    raw, wav = folder / "espeak.wav", folder / "speech.wav"
+    subprocess.run([espeak, "-w", str(raw), SPEECH_TEXT], check=True, timeout=30)
+    subprocess.run(
+        [sox, str(raw), "-r", "16000", "-c", "1", "-b", "16", "-e", "signed-integer", str(wav)],
+        check=True,
+        timeout=30,
+    )
+    return wav
+
+
+def wav_pcm(path: Path) -> bytes:
+    """The frames of a PCM16 mono WAV."""
+    with wave.open(str(path)) as w:
+        assert (w.getnchannels(), w.getsampwidth()) == (1, 2), "expected PCM16 mono"
+        return w.readframes(w.getnframes())
+
+
+def wav_seconds(path: Path) -> float:
+    with wave.open(str(path)) as w:
+        return w.getnframes() / w.getframerate()
+
+
+def speech_seconds(pcm: bytes, rate: int = 16000, threshold_db: float = -40.0) -> float:
+    """Seconds from the first to the last 20 ms frame louder than ``threshold_db`` dBFS
+    (what the simulator's energy VAD will call the utterance, give or take a frame)."""
+    from array import array
+
+    frame = rate // 50
+    samples = array("h")
+    samples.frombytes(pcm)
+    loud = []
+    for i in range(0, len(samples) - frame + 1, frame):
+        chunk = samples[i : i + frame]
+        rms = (sum(s * s for s in chunk) / frame) ** 0.5
+        loud.append(rms > 32768 * 10 ** (threshold_db / 20))
+    voiced = [i for i, v in enumerate(loud) if v]
+    return (voiced[-1] - voiced[0] + 1) * 0.02 if voiced else 0.0
+
+
+# -- node ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def js_dir() -> Path:
+    """``tests/js`` with its dependencies installed (``npm ci``), and ``node`` on PATH."""
+    if shutil.which("node") is None:
+        missing("node is not installed (apt-get install nodejs npm)")
+    if not (JS_DIR / "node_modules" / ".package-lock.json").is_file():
+        missing("tests/js/node_modules is missing: run `npm ci` in tests/js")
+    return JS_DIR
+
+
+def run_node(
+    js_dir: Path, script: str, params: dict[str, Any], *, timeout: float = 60.0
+) -> dict[str, Any]:
+    """Run ``node tests/js/<script> '<params as JSON>'`` and return the JSON object it
+    prints on its last stdout line. Fails with its output if it exits non-zero, prints
+    no JSON or overruns ``timeout`` (the script also has its own, shorter deadlines)."""
+    env = {**os.environ, "NODE_OPTIONS": "--unhandled-rejections=strict"}
+    try:
+        done = subprocess.run(
+            ["node", str(js_dir / script), json.dumps(params)],
+            cwd=js_dir,
+            capture_output=True,
+            text=True,
+            timeout=scaled(timeout),
+            env=env,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{script} did not finish within {timeout} s:\n{exc.stdout}\n{exc.stderr}")
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        pytest.fail(
+            f"{script} exited {done.returncode}\n--- stdout\n{done.stdout}\n--- stderr\n"
+            f"{done.stderr}",
+            pytrace=False,
+        )
+    result: dict[str, Any] = json.loads(lines[-1])
+    result.setdefault("stderr", done.stderr)
+    return result
+
+
+# -- the browser page ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium (``apt-get install chromium``); no browser downloads."""
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).is_file():
+        missing("chromium is not installed (apt-get install chromium)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def page_dir(js_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tests/js/page`` with ``app.js`` bundled (esbuild) from the npm packages."""
+    out = tmp_path_factory.mktemp("page")
+    shutil.copy(js_dir / "page" / "index.html", out / "index.html")
+    subprocess.run(
+        [
+            str(js_dir / "node_modules" / ".bin" / "esbuild"),
+            str(js_dir / "page" / "app.js"),
+            "--bundle",
+            "--format=esm",
+            "--target=chrome120",
+            "--log-level=warning",
+            f"--outfile={out / 'app.bundle.js'}",
+        ],
+        check=True,
+        timeout=60,
+        cwd=js_dir,
+    )
+    return out
+
+
+class _PageHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files of the page, plus the app's back end (``/api/signed-url``)."""
+
+    sim_base_url = ""
+    api_key = ""
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        if url.path == "/api/signed-url":
+            agent_id = parse_qs(url.query).get("agent_id", [""])[0]
+            # What a back end does: ask the API for a signed URL with its secret key.
+            answer = requests.get(
+                f"{self.sim_base_url}/v1/convai/conversation/get-signed-url",
+                params={"agent_id": agent_id},
+                headers={"xi-api-key": self.api_key},
+                timeout=10,
+            )
+            body = answer.content
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        super().do_GET()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet
+
+
+@pytest.fixture
+def page_url(page_dir: Path, official_sim: AgentSimulator) -> Iterator[str]:
+    """``http://127.0.0.1:<another port>/index.html`` serving the bundled page."""
+    handler = type(
+        "PageHandler",
+        (_PageHandler,),
+        {"sim_base_url": official_sim.base_url, "api_key": official_sim.api_key},
+    )
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(page_dir))
+    )
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="official-page-server")
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/index.html"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(scaled(5))

@@ -1,0 +1,298 @@
+"""The official ElevenLabs clients, unmodified, against ``AgentSimulator`` (issue 11.3).
+
+* the Python SDK (``elevenlabs``): its ``Conversation`` in this process;
+* the Node SDK (``@elevenlabs/elevenlabs-js``): ``tests/js/node_sdk.mjs`` in node;
+* the browser client (``@elevenlabs/client``): ``tests/js/page`` bundled by esbuild, in
+  Debian's headless Chromium driven by ``tests/js/browser.mjs`` (playwright-core), text
+  mode and voice over WebSocket with Chromium's fake microphone playing a WAV of speech.
+
+Versions are pinned in ``tests/js/package.json`` / ``package-lock.json`` and in setup.cfg.
+After every scenario, every message either side sent is validated against the YAML
+contract and the simulator must have recorded no violation (:func:`assert_clean`).
+Every wait is on an event/queue/message with a deadline; no sleeps.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from elevenconv.testing import AgentSimulator
+from elevenconv.testing._simulator import DEFAULT_FIRST_MESSAGE, GOODBYE
+from tests.conftest import scaled
+from tests.fixtures_contract import Contract
+from tests.fixtures_official import (
+    PRIVATE_AGENT,
+    VOICE_AGENT,
+    VOICE_GREETING,
+    assert_clean,
+    kinds,
+    speech_seconds,
+    wav_pcm,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+SPOKEN_RE = re.compile(r"^\(spoken (\d+\.\d) s\)$")
+
+
+# ==========================================================================================
+# The Python SDK (elevenlabs)
+# ==========================================================================================
+
+
+class PySdk:
+    """One official ``elevenlabs`` Conversation, its callbacks turned into queues."""
+
+    def __init__(
+        self,
+        sim: AgentSimulator,
+        agent_id: str = "sim-agent",
+        *,
+        requires_auth: bool = False,
+        api_key: str | None = None,
+        audio_interface: Any = None,
+    ) -> None:
+        from elevenlabs import ElevenLabs
+        from elevenlabs.conversational_ai.conversation import (
+            ClientTools,
+            Conversation,
+            ConversationInitiationData,
+        )
+
+        self.responses: queue.Queue[str] = queue.Queue()
+        self.transcripts: queue.Queue[str] = queue.Queue()
+        self.corrections: queue.Queue[tuple[str, str]] = queue.Queue()
+        self.tool_calls: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.disconnected = threading.Event()
+        self.disconnect_details: Any = None
+        tools = ClientTools()
+        tools.register("get_current_time", self._tool)
+        client = ElevenLabs(api_key=api_key or sim.api_key, base_url=sim.base_url)
+        # Without an audio interface the SDK sets a top-level ``text_only`` override, which
+        # the contract does not define (the service ignores it): ask as documented too.
+        text_only = {"conversation": {"text_only": True}}
+        config = ConversationInitiationData(
+            conversation_config_override=text_only if audio_interface is None else {}
+        )
+        self.conv = Conversation(
+            client,
+            agent_id,
+            requires_auth=requires_auth,
+            audio_interface=audio_interface,
+            config=config,
+            client_tools=tools,
+            callback_agent_response=self.responses.put,
+            callback_user_transcript=self.transcripts.put,
+            callback_agent_response_correction=lambda o, c: self.corrections.put((o, c)),
+            callback_disconnect=self._on_disconnect,
+        )
+
+    def _tool(self, params: dict[str, Any]) -> str:
+        self.tool_calls.put(params)
+        return "12:34"
+
+    def _on_disconnect(self, details: Any) -> None:
+        self.disconnect_details = details
+        self.disconnected.set()
+
+    def response(self, timeout: float = 10.0) -> str:
+        return self.responses.get(timeout=scaled(timeout))
+
+    def end(self) -> None:
+        self.conv.end_session()
+        self.join()
+
+    def join(self) -> None:
+        thread = self.conv._thread  # the SDK's session thread (its wait has no timeout)
+        if thread is not None:
+            thread.join(scaled(10))
+            assert not thread.is_alive(), "the official Conversation did not stop"
+
+
+def test_python_sdk_text_scenarios(official_sim: AgentSimulator, contract: Contract) -> None:
+    """Greeting, reply, client tool round trip, contextual update, user activity,
+    multimodal message, pings, then ``bye``: the agent's ``end_call`` closes with 1000."""
+    sim = official_sim
+    sdk = PySdk(sim)
+    sdk.conv.start_session()
+    try:
+        assert sdk.response() == DEFAULT_FIRST_MESSAGE
+        session = sim.wait_for_session(scaled(5))
+        assert session.text_only
+        assert session.source == "python_sdk"
+
+        sdk.conv.send_user_message("hello")
+        assert sdk.response().startswith("Hello there!")
+
+        sdk.conv.send_user_message("what time is it?")
+        params = sdk.tool_calls.get(timeout=scaled(10))
+        assert params["tool_call_id"].startswith("sim_tool_")
+        assert "12:34" in sdk.response()
+        result = sim.wait_for_client_message("client_tool_result", scaled(5))
+        assert (result["result"], result["is_error"]) == ("12:34", False)
+
+        sdk.conv.send_contextual_update("The user opened the pricing page.")
+        sdk.conv.register_user_activity()
+        sim.wait_for_client_message("user_activity", scaled(5))
+        assert session.contextual_updates == ["The user opened the pricing page."]
+        assert session.user_activity_count == 1
+
+        sdk.conv.send_multimodal_message(text="look at these", file_ids=["file_a", "file_b"])
+        msg = sim.wait_for_client_message("multimodal_message", scaled(5))
+        assert msg["files"] == [
+            {"type": "file_input", "file_id": "file_a"},
+            {"type": "file_input", "file_id": "file_b"},
+        ]
+        assert "look at these" in sdk.response()
+
+        sim.wait_for_client_message("pong", scaled(5))
+
+        sdk.conv.send_user_message("bye")
+        assert sdk.response() == GOODBYE
+        assert sdk.disconnected.wait(scaled(10)), "no callback_disconnect after end_call"
+        sdk.join()
+    finally:
+        sdk.end()
+    ended = sim.wait_for_session_end(scaled(5))
+    assert (ended.close_code, ended.closed_by) == (1000, "server")
+    assert "agent_tool_response" in kinds(sim, "out")
+    assert_clean(sim, contract)
+
+
+def test_python_sdk_signed_url_for_a_private_agent(
+    official_sim: AgentSimulator, contract: Contract
+) -> None:
+    sim = official_sim
+    sdk = PySdk(sim, PRIVATE_AGENT, requires_auth=True)
+    sdk.conv.start_session()
+    try:
+        assert sdk.response() == DEFAULT_FIRST_MESSAGE
+        session = sim.wait_for_session(scaled(5))
+        assert (session.agent_id, session.signed) == (PRIVATE_AGENT, True)
+        sdk.conv.send_user_message("hello")
+        assert sdk.response().startswith("Hello there!")
+    finally:
+        sdk.end()
+    ended = sim.wait_for_session_end(scaled(5))
+    assert ended.closed_by == "client"
+    assert [r.status for r in sim.http_requests] == [200, 101]
+    assert_clean(sim, contract)
+
+
+def test_python_sdk_bad_api_key_gets_401(official_sim: AgentSimulator) -> None:
+    from elevenlabs.core.api_error import ApiError
+
+    sim = official_sim
+    sdk = PySdk(sim, PRIVATE_AGENT, requires_auth=True, api_key="wrong-key")
+    with pytest.raises(ApiError) as info:
+        sdk.conv.start_session()  # fetches the signed URL first, on this thread
+    sdk.conv.client_tools.stop()
+    assert info.value.status_code == 401
+    assert info.value.body["detail"]["status"] == "invalid_api_key"
+    assert not sim.sessions
+    assert [r.status for r in sim.http_requests] == [401]
+
+
+def test_python_sdk_private_agent_without_signature_is_refused(
+    official_sim: AgentSimulator,
+) -> None:
+    sim = official_sim
+    sdk = PySdk(sim, PRIVATE_AGENT, requires_auth=False)
+    sdk.conv.start_session()
+    assert sdk.disconnected.wait(scaled(10)), "the refused handshake did not end the session"
+    sdk.join()
+    assert sdk.disconnect_details.reason == "error"
+    assert not sim.sessions
+    assert [r.status for r in sim.http_requests] == [403]
+
+
+class SpeakingMic:
+    """An ``elevenlabs`` AudioInterface: the "microphone" says ``speech`` (PCM16 16 kHz)
+    once the agent's voice is heard, then stays silent; it records what it plays."""
+
+    def __init__(self, speech: bytes) -> None:
+        self.speech = speech + bytes(32000)  # 1 s of silence ends the utterance
+        self.played = bytearray()
+        self._played_cond = threading.Condition()
+        self.heard_agent = threading.Event()
+        self.interrupted = threading.Event()
+        self.stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, input_callback: Any) -> None:
+        def speak() -> None:
+            # Wait until the agent talks (or the session stops), then barge in.
+            if not self.heard_agent.wait(scaled(20)) or self.stopped.is_set():
+                return
+            for i in range(0, len(self.speech), 3200):  # 100 ms chunks
+                if self.stopped.is_set():
+                    return
+                input_callback(self.speech[i : i + 3200])
+
+        self._thread = threading.Thread(target=speak, name="official-test-mic", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.heard_agent.set()
+        if self._thread is not None:
+            self._thread.join(scaled(5))
+
+    def output(self, audio: bytes) -> None:
+        with self._played_cond:
+            self.played += audio
+            self._played_cond.notify_all()
+        self.heard_agent.set()
+
+    def wait_played(self, nbytes: int, timeout: float) -> bool:
+        """Block until at least ``nbytes`` of agent audio were played."""
+        with self._played_cond:
+            return self._played_cond.wait_for(lambda: len(self.played) >= nbytes, timeout)
+
+    def interrupt(self) -> None:
+        self.interrupted.set()
+
+
+def test_python_sdk_voice_barge_in(
+    official_sim: AgentSimulator, contract: Contract, speech_wav: Path
+) -> None:
+    """The agent greets by voice; the user's speech (real espeak-ng audio) arrives while it
+    talks: the simulator hears it, interrupts, corrects the greeting, transcribes
+    "(spoken N s)" and answers -- and the SDK plays the agent's audio."""
+    from elevenlabs.conversational_ai.conversation import AudioInterface
+
+    sim = official_sim
+    pcm = wav_pcm(speech_wav)
+    mic_cls = type("Mic", (SpeakingMic, AudioInterface), {})
+    mic = mic_cls(pcm)
+    sdk = PySdk(sim, VOICE_AGENT, audio_interface=mic)
+    sdk.conv.start_session()
+    try:
+        assert sdk.response() == VOICE_GREETING
+        assert mic.interrupted.wait(scaled(20)), "the agent was not interrupted"
+        original, corrected = sdk.corrections.get(timeout=scaled(10))
+        assert original == VOICE_GREETING
+        assert corrected != original and corrected.endswith("...")
+        transcript = sdk.transcripts.get(timeout=scaled(10))
+        match = SPOKEN_RE.match(transcript)
+        assert match, transcript
+        assert float(match[1]) == pytest.approx(speech_seconds(pcm), abs=0.3)
+        played_before_reply = len(mic.played)
+        assert played_before_reply > 0
+        assert sdk.response().startswith(f"You said: {transcript}")
+        # The answer is spoken too: a second of it reaches the SDK's audio output.
+        assert mic.wait_played(played_before_reply + 32000, scaled(10))
+    finally:
+        sdk.end()
+    sim.wait_for_session_end(scaled(5))
+    session = sim.sessions[0]
+    assert not session.text_only
+    assert session.responses[0].interrupted
+    assert session.interruptions == [session.responses[0].event_id]
+    assert_clean(sim, contract)
