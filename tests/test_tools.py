@@ -429,7 +429,7 @@ def test_callback_runs_on_a_worker_thread_even_when_the_tool_is_fast(
 ) -> None:
     import elevenconv._tools as tools_module
 
-    class WorkerWinsTheRace(tools_module.ThreadPoolExecutor):
+    class WorkerWinsTheRace(tools_module._DaemonThreadExecutor):
         # Reproduces the scheduling where the worker finishes the tool before submit()'s
         # caller gets to register its done-callback (seen in this suite with fast tools).
         def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
@@ -437,7 +437,7 @@ def test_callback_runs_on_a_worker_thread_even_when_the_tool_is_fast(
             future.exception(WAIT)
             return future
 
-    monkeypatch.setattr(tools_module, "ThreadPoolExecutor", WorkerWinsTheRace)
+    monkeypatch.setattr(tools_module, "_DaemonThreadExecutor", WorkerWinsTheRace)
     ct = ClientTools()
     ct.register("fast", lambda p: "ok")
     try:
@@ -645,7 +645,7 @@ def test_close_cancels_queued_calls_with_an_error_result() -> None:
 
 
 def executor_of(ct: ClientTools) -> object:
-    return ct._executor
+    return ct._pool
 
 
 def test_acquire_release_refcount_shuts_down_on_last_release() -> None:
