@@ -10,7 +10,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-__all__ = ["CHANNELS", "SAMPLE_RATE", "SAMPLE_WIDTH", "AudioInterface", "PlaybackCallback"]
+__all__ = [
+    "CHANNELS",
+    "SAMPLE_RATE",
+    "SAMPLE_WIDTH",
+    "AudioInterface",
+    "PlaybackCallback",
+    "PlaybackReferenceCallback",
+]
 
 SAMPLE_RATE = 16000
 SAMPLE_WIDTH = 2
@@ -20,6 +27,12 @@ CHANNELS = 1
 #: ``False`` when it has drained or was interrupted. Called from the device's thread; it
 #: must return at once (the Conversation's own callback only puts on a queue).
 PlaybackCallback = Callable[[bool], None]
+
+#: ``callback(pcm, played_at)``: ``pcm`` (PCM16 mono 16 kHz) is exactly what the speaker
+#: plays, after gain and including silence, and ``played_at`` the ``time.monotonic()``
+#: instant its first sample is heard. The echo canceller's reference. Called from the
+#: device's thread (a PortAudio callback); it must return at once.
+PlaybackReferenceCallback = Callable[[bytes, float], None]
 
 
 class AudioInterface(ABC):
@@ -67,6 +80,24 @@ class AudioInterface(ABC):
         then scales audio before :meth:`output`, which reaches audio already queued late.
         """
         return False
+
+    def set_playback_reference_callback(self, callback: PlaybackReferenceCallback | None) -> bool:
+        """Ask for the exact played audio (see :data:`PlaybackReferenceCallback`).
+
+        Return ``True`` if the interface will call it, for everything it plays from then
+        on. The default returns ``False``: the echo canceller then uses the audio handed
+        to :meth:`output` as its reference, timed by the Conversation (less exact).
+        """
+        return False
+
+    def capture_time(self) -> float | None:
+        """When the chunk being delivered was recorded: the ``time.monotonic()`` instant of
+        its first sample, or ``None`` if unknown (the default).
+
+        Valid only while ``input_callback`` runs, on its thread; the echo canceller uses it
+        to line the microphone up with the speaker reference.
+        """
+        return None
 
     def wait_until_drained(self, timeout: float) -> bool:
         """Block until queued audio has played, at most ``timeout`` s; ``True`` if drained.

@@ -7,13 +7,17 @@ Conversation uses when you ask for real audio. It needs the ``audio`` extra
 Threads and who calls what:
 
 * **PortAudio's input callback** (a real-time thread owned by PortAudio) only copies the
-  chunk onto a bounded queue: ``put_nowait(bytes(in_data))``; when the queue is full the
-  oldest chunk is dropped and :attr:`DefaultAudioInterface.input_dropped` counts it.
+  chunk, with the time its first sample was recorded, onto a bounded queue; when the
+  queue is full the oldest chunk is dropped and :attr:`DefaultAudioInterface.input_dropped`
+  counts it.
 * **``elevenconv-mic``** (one named thread) blocks on that queue, converts the chunk to
   16 kHz mono if the device could not be opened that way, and calls ``input_callback``.
-  A sentinel stops it; it never polls.
+  Just before, it hands the echo canceller's reference callback (if set) what the speaker
+  played meanwhile. A sentinel stops it; it never polls.
 * **PortAudio's output callback** pops the next ready buffer (exactly one device buffer)
-  from a deque, or returns pre-made silence. It never blocks, logs or tears anything down.
+  from a deque, or returns pre-made silence. With a reference callback set it also appends
+  what it returns, and when that will be heard, to a bounded deque (O(1)). It never
+  blocks, logs or tears anything down.
 * **The caller's thread** (the Conversation's) calls :meth:`~DefaultAudioInterface.output`,
   :meth:`~DefaultAudioInterface.interrupt` and the setters; they return at once.
 
@@ -32,18 +36,23 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from elevenconv._audio import AudioInterface, PlaybackCallback
+from elevenconv._audio import AudioInterface, PlaybackCallback, PlaybackReferenceCallback
 from elevenconv._audioformat import PcmResampler, scale_pcm16
 from elevenconv.errors import AudioError, ConfigurationError
 
 __all__ = ["DefaultAudioInterface", "create_default_audio_interface", "list_devices"]
 
-logger = logging.getLogger("elevenconv")
+logger = logging.getLogger(__name__)
 
 _INSTALL_HINT: Final = (
     'Real microphone/speaker audio needs PyAudio: pip install "elevenconv[audio]". '
     "Building PyAudio needs the PortAudio headers: apt-get install portaudio19-dev "
     "(Debian/Ubuntu) or brew install portaudio (macOS)."
+)
+_LIBRARY_HINT: Final = (
+    "PyAudio is installed but the PortAudio shared library it needs could not be loaded "
+    "({error}). Install it: apt-get install libportaudio2 (Debian/Ubuntu) or "
+    "brew install portaudio (macOS)."
 )
 
 # PortAudio error codes (portaudio.h), as PyAudio reports them in OSError.errno.
@@ -57,15 +66,48 @@ _FORMAT_ERRORS: Final = frozenset(
 
 _STOP: Final = object()  # sentinel for the elevenconv-mic thread
 _JOIN_TIMEOUT_S: Final = 5.0
+#: Speaker buffers (62.5 ms each) kept for the reference callback: 4 s.
+_MAX_REFERENCE_BUFFERS: Final = 64
+
+
+def _stream_delay(time_info: Any, first: str, second: str) -> float | None:
+    """``time_info[first] - time_info[second]`` (PortAudio stream times, seconds), if sane.
+
+    PortAudio's ALSA host API reports these on its own clock, and some hosts report 0:
+    only the difference is used, and only when it is between 0 and 2 s.
+    """
+    try:
+        a = float(time_info[first])
+        b = float(time_info[second])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if a <= 0.0 or b <= 0.0:
+        return None
+    delay = a - b
+    return delay if 0.0 <= delay < 2.0 else None
 
 
 def _import_pyaudio() -> Any:
-    """Import PyAudio on first use; raise ImportError saying how to install it."""
+    """Import PyAudio on first use; raise ImportError saying what to install."""
     try:
         import pyaudio
-    except ImportError as exc:  # pragma: no branch - message matters, not the branch
-        raise ImportError(_INSTALL_HINT) from exc
+    except ImportError as exc:
+        raise ImportError(_missing_pyaudio_hint(exc)) from exc
     return pyaudio
+
+
+def _missing_pyaudio_hint(exc: ImportError) -> str:
+    """The fix for a failed ``import pyaudio``: the package, or only its shared library.
+
+    PyAudio's extension module links to ``libportaudio``; when only that library is
+    missing, the package is there and the loader's message names the library (Linux:
+    ``libportaudio.so.2: cannot open shared object file``; macOS: ``Library not loaded:
+    ...libportaudio.2.dylib``), or the failing module is ``pyaudio._portaudio``.
+    """
+    text = str(exc)
+    if "portaudio" in text.lower() or (exc.name or "").startswith("pyaudio."):
+        return _LIBRARY_HINT.format(error=text)
+    return _INSTALL_HINT
 
 
 def _pa_error_code(exc: BaseException) -> int | None:
@@ -194,8 +236,11 @@ class DefaultAudioInterface(AudioInterface):
         self.output_config: _DeviceConfig | None = None
 
         # -- microphone ------------------------------------------------------------------
+        # Items: (captured_at, chunk), or _STOP.
         self._in_queue: queue.Queue[object] = queue.Queue(maxsize=max_input_queue + 1)
         self._in_resampler: PcmResampler | None = None
+        self._in_latency_s = 0.0  # PortAudio's input latency, read when the stream opens
+        self._capture_time: float | None = None  # of the chunk input_callback is handling
         #: Microphone chunks dropped because ``input_callback`` fell behind.
         self.input_dropped = 0
 
@@ -213,6 +258,14 @@ class DefaultAudioInterface(AudioInterface):
         self._gain = 1.0
         self._gain_mode = 1  # 1: unity, 0: muted, -1: scale by self._gain
         self._playback_callback: PlaybackCallback | None = None
+        self._out_latency_s = 0.0  # PortAudio's output latency, read when the stream opens
+        # Echo reference: the output callback appends (played_at, buffer); the mic thread
+        # converts and delivers. Bounded: the oldest go when the mic thread lags.
+        self._reference_callback: PlaybackReferenceCallback | None = None
+        self._reference: collections.deque[tuple[float, bytes]] = collections.deque(
+            maxlen=_MAX_REFERENCE_BUFFERS
+        )
+        self._ref_resampler: PcmResampler | None = None
         # Written by the output callback only.
         self._playing = False
         self._playing_generation = 0
@@ -426,22 +479,45 @@ class DefaultAudioInterface(AudioInterface):
     def _open_output(self, pyaudio: Any) -> None:
         self._out_stream, config = self._open(pyaudio, is_input=False)
         self.output_config = config
+        self._out_latency_s = self._latency(self._out_stream, "get_output_latency")
+        self._ref_resampler = (
+            PcmResampler(config.rate, self.SAMPLE_RATE) if config.rate != self.SAMPLE_RATE else None
+        )
 
     def _open_input(self, pyaudio: Any) -> None:
         self._in_stream, config = self._open(pyaudio, is_input=True)
         self.input_config = config
+        self._in_latency_s = self._latency(self._in_stream, "get_input_latency")
         self._in_resampler = (
             PcmResampler(config.rate, self.SAMPLE_RATE) if config.rate != self.SAMPLE_RATE else None
         )
+
+    @staticmethod
+    def _latency(stream: Any, getter: str) -> float:
+        try:
+            value = float(getattr(stream, getter)())
+        except Exception:
+            return 0.0
+        return value if 0.0 <= value < 2.0 else 0.0
 
     # -- microphone ----------------------------------------------------------------------
 
     def _on_input(
         self, in_data: bytes | None, frame_count: int, time_info: Any, status: int
     ) -> tuple[None, int]:
-        """PortAudio input callback (PortAudio's thread): copy onto the queue, never block."""
+        """PortAudio input callback (PortAudio's thread): copy onto the queue, never block.
+
+        The chunk goes with the ``time.monotonic()`` instant its first sample was recorded:
+        PortAudio's ADC time relative to now, else the stream latency plus the chunk.
+        """
         if in_data:
-            chunk = bytes(in_data)
+            now = time.monotonic()
+            delay = _stream_delay(time_info, "current_time", "input_buffer_adc_time")
+            if delay is None:
+                config = self.input_config
+                rate = config.rate if config is not None else self.SAMPLE_RATE
+                delay = self._in_latency_s + frame_count / rate
+            chunk = (now - delay, bytes(in_data))
             q = self._in_queue
             # Only this callback produces while the stream runs, and the queue has one
             # slot more than the limit (for stop()'s sentinel), so put_nowait cannot fail.
@@ -470,18 +546,56 @@ class DefaultAudioInterface(AudioInterface):
             item = self._in_queue.get()
             if item is _STOP:
                 return
-            assert isinstance(item, bytes)
+            assert isinstance(item, tuple)
+            captured_at, data = item
             try:
-                pcm = carry + item
+                self._deliver_reference()
+                pcm = carry + data
                 usable = len(pcm) - len(pcm) % frame_bytes
                 pcm, carry = pcm[:usable], pcm[usable:]
                 pcm = _to_mono(pcm, channels)
                 if resampler is not None:
                     pcm = resampler.process(pcm)
                 if pcm and callback is not None:
+                    self._capture_time = captured_at
                     callback(pcm)
             except Exception:
                 logger.exception("input_callback raised; the microphone chunk was dropped")
+            finally:
+                self._capture_time = None
+
+    def _deliver_reference(self) -> None:
+        """Hand the reference callback what was played since the last mic chunk (mic thread).
+
+        Converted to 16 kHz mono here, outside the PortAudio callback.
+        """
+        callback = self._reference_callback
+        ring = self._reference
+        config = self.output_config
+        channels = config.channels if config is not None else 1
+        while ring:
+            try:
+                played_at, buffer = ring.popleft()
+            except IndexError:  # pragma: no cover - only this thread pops
+                return
+            if callback is None:
+                continue
+            pcm = _to_mono(buffer, channels)
+            if self._ref_resampler is not None:
+                pcm = self._ref_resampler.process(pcm)
+            if pcm:
+                try:
+                    callback(pcm, played_at)
+                except Exception:
+                    logger.exception("the playback reference callback raised")
+
+    def capture_time(self) -> float | None:
+        """The ``time.monotonic()`` instant the first sample of the chunk being delivered
+        was recorded (from PortAudio's stream times); ``None`` outside ``input_callback``.
+
+        Call it from inside ``input_callback`` (the ``elevenconv-mic`` thread).
+        """
+        return self._capture_time
 
     # -- speaker -------------------------------------------------------------------------
 
@@ -579,6 +693,24 @@ class DefaultAudioInterface(AudioInterface):
         self._playback_callback = callback
         return True
 
+    def set_playback_reference_callback(self, callback: PlaybackReferenceCallback | None) -> bool:
+        """Call ``callback(pcm, played_at)`` with exactly what the speaker plays.
+
+        ``pcm`` is PCM16 mono 16 kHz as the output callback wrote it (after gain,
+        silence included) and ``played_at`` the ``time.monotonic()`` instant its first
+        sample is heard (PortAudio's DAC time, else the stream's output latency). The
+        output callback only appends to a bounded deque (4 s); the callback itself runs on
+        the ``elevenconv-mic`` thread, just before each ``input_callback``, so capture
+        and reference arrive in order. Needs ``input=True``. Any thread; returns ``True``
+        (``False`` when the microphone or the speaker is disabled).
+        """
+        if not (self.input_enabled and self.output_enabled):
+            return False
+        self._reference_callback = callback
+        if callback is None:
+            self._reference.clear()
+        return True
+
     def wait_until_drained(self, timeout: float) -> bool:
         """Block until all queued audio was handed to the device, at most ``timeout`` s.
 
@@ -658,7 +790,12 @@ class DefaultAudioInterface(AudioInterface):
         Never raises: any error yields silence and bumps :attr:`callback_errors`.
         """
         try:
-            return self._next_output(frame_count), _PA_CONTINUE
+            data = self._next_output(frame_count)
+            if self._reference_callback is not None:
+                delay = _stream_delay(time_info, "output_buffer_dac_time", "current_time")
+                played_at = time.monotonic() + (self._out_latency_s if delay is None else delay)
+                self._reference.append((played_at, data))
+            return data, _PA_CONTINUE
         except BaseException as exc:  # never let an exception stop the stream
             self.callback_errors += 1
             self._last_callback_error = exc

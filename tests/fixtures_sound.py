@@ -9,14 +9,18 @@
 * :class:`SpeakerCapture` records ``elevenconv_speaker.monitor`` (everything played to the
   default sink) and keeps, for each chunk read, the monotonic time it arrived, so a wall
   clock instant can be located in the captured signal.
+* :class:`EchoPath` (and the ``echo_path`` fixture) turns the two sinks into a room: a
+  ``module-loopback`` from ``elevenconv_speaker.monitor`` into ``elevenconv_mic`` with a
+  delay and a lowered level, so what an app plays comes back into its microphone.
 * Small signal helpers: :func:`tone`, :func:`chirp`, :func:`rms`,
-  :func:`dominant_frequency`, :func:`envelope`.
+  :func:`dominant_frequency`, :func:`envelope`, :func:`speech_like`.
 
 Mark tests that use these with ``@pytest.mark.audio``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -136,6 +140,89 @@ def sound_server() -> Iterator[SoundServer]:
                 os.environ[key] = value
         if not already:
             subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, timeout=30)
+
+
+# -- a room: the speaker heard by the microphone -------------------------------------------
+
+
+class EchoPath:
+    """An acoustic echo path on the test server: speaker -> delay, gain -> microphone.
+
+    ``with EchoPath(latency_ms=120, gain_db=-9): ...`` loads ``module-loopback
+    source=<speaker sink>.monitor sink=<mic bus> latency_msec=<latency_ms>`` and sets its
+    stream's volume to ``gain_db``; leaving unloads it. Everything played to the default
+    sink is then also heard, ``latency_ms`` later and ``gain_db`` quieter, by whatever
+    records the default source, just as in a room with open speakers.
+    """
+
+    def __init__(
+        self,
+        latency_ms: int = 120,
+        gain_db: float = -9.0,
+        *,
+        speaker_monitor: str | None = None,
+        mic_sink: str | None = None,
+    ) -> None:
+        self.latency_ms = latency_ms
+        self.gain_db = gain_db
+        self.source = speaker_monitor or os.environ.get(
+            "ELEVENCONV_TEST_SPEAKER_MONITOR", "elevenconv_speaker.monitor"
+        )
+        self.sink = mic_sink or os.environ.get("ELEVENCONV_TEST_MIC_SINK", "elevenconv_mic")
+        self.module: str | None = None
+
+    @staticmethod
+    def _pactl(*args: str) -> str:
+        return subprocess.run(
+            ["pactl", *args], check=True, capture_output=True, text=True, timeout=10
+        ).stdout
+
+    def __enter__(self) -> EchoPath:
+        self.module = self._pactl(
+            "load-module",
+            "module-loopback",
+            f"source={self.source}",
+            f"sink={self.sink}",
+            f"latency_msec={self.latency_ms}",
+            "source_dont_move=true",
+            "sink_dont_move=true",
+            "remix=false",
+        ).strip()
+        try:
+            inputs = json.loads(self._pactl("-f", "json", "list", "sink-inputs"))
+            index = next(str(i["index"]) for i in inputs if str(i["owner_module"]) == self.module)
+            self._pactl("set-sink-input-volume", index, f"{self.gain_db}dB")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Unload the loopback (idempotent)."""
+        if self.module is not None:
+            module, self.module = self.module, None
+            subprocess.run(["pactl", "unload-module", module], capture_output=True, timeout=10)
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@pytest.fixture
+def echo_path(sound_server: SoundServer) -> Iterator[Callable[..., EchoPath]]:
+    """Factory: ``echo_path(latency_ms=120, gain_db=-9)`` -> an entered :class:`EchoPath`.
+
+    Every path made is unloaded when the test ends.
+    """
+    made: list[EchoPath] = []
+
+    def make(latency_ms: int = 120, gain_db: float = -9.0) -> EchoPath:
+        path = EchoPath(latency_ms, gain_db).__enter__()
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        path.close()
 
 
 # -- playing into the microphone bus -------------------------------------------------------
@@ -349,6 +436,25 @@ def chirp(f0: float, f1: float, seconds: float, amplitude: float = 0.5, rate: in
     t = np.arange(int(seconds * rate)) / rate
     phase = 2 * np.pi * (f0 * t + (f1 - f0) * t * t / (2 * seconds))
     return (amplitude * 32767 * np.sin(phase)).astype("<i2").tobytes()
+
+
+def speech_like(seconds: float, seed: int = 0, amplitude: float = 0.4, rate: int = RATE) -> bytes:
+    """Noise shaped like speech (syllable-rate bursts, voiced band) as PCM16 mono bytes.
+
+    Broadband, so an echo canceller has to model the whole echo path, and bursty, so an
+    energy VAD sees onsets. Reproducible for a given ``seed``.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    syllables = np.clip(np.sin(2 * np.pi * (3.0 + seed % 3 * 0.4) * t), 0.0, None) ** 0.5
+    noise = np.convolve(rng.standard_normal(n), np.hanning(9), "same")
+    voiced = np.sin(2 * np.pi * (140 + 20 * (seed % 4)) * t) * 0.5
+    x = (noise + voiced) * syllables
+    x /= max(1e-9, float(np.max(np.abs(x))))
+    return (amplitude * 32767 * x).astype("<i2").tobytes()
 
 
 def as_array(pcm: bytes) -> Any:

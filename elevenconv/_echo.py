@@ -1,0 +1,304 @@
+"""Acoustic echo cancellation for the capture chain: WebRTC's audio processing module.
+
+:class:`EchoCanceller` removes from the microphone signal what the speaker played. The
+work is done by WebRTC's AudioProcessingModule (AEC3 echo canceller, optional noise
+suppression, high-pass filter), the one browsers use, through the ``livekit`` package
+(``livekit.rtc.AudioProcessingModule``; installed by ``pip install "elevenconv[audio]"``).
+Nothing here is hand-written signal processing: this module only feeds that engine.
+
+The engine wants 10 ms frames, the far end ("reverse stream": what the speaker plays)
+before the near end (the microphone) that contains its echo, and both roughly in step.
+Our capture chain runs on a thread, not in the device callbacks, so the two streams
+arrive with different, varying delays (a microphone chunk is 250 ms long and handed over
+after it was recorded; speaker buffers are handed over ahead of play-out). They are put
+back in step by their timestamps, all on the ``time.monotonic()`` clock:
+
+* :meth:`EchoCanceller.process_reverse` takes ``(pcm, played_at)``: the samples and when
+  the first of them reaches the speaker. Any thread (a PortAudio callback included): it
+  only appends to a bounded deque, O(1).
+* :meth:`EchoCanceller.process_capture` takes ``(pcm, captured_at)``: microphone samples
+  and when the first was recorded. It cuts them into 10 ms frames; before each frame it
+  hands the engine the reference frames played up to that frame's time plus
+  :attr:`lead_s` (the slack that keeps the reference ahead of its echo despite timestamp
+  errors), silence where nothing was played. The engine's own delay estimator finds the
+  rest (the room, the device buffers: up to about half a second).
+
+Memory is bounded: at most :attr:`MAX_PENDING` reference chunks wait for the capture
+thread, and at most ``max_reference_s`` of reference audio is kept. The cost is about
+0.2 ms of CPU per 10 ms of audio (see ``benchmarks/echo.py``).
+
+Threading: one thread (the capture chain's) calls :meth:`process_capture`;
+:meth:`process_reverse` may be called from any thread at the same time.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import importlib.metadata
+from typing import Any, Final
+
+from elevenconv._audio import SAMPLE_RATE
+from elevenconv.errors import ConfigurationError
+
+__all__ = ["EchoCanceller"]
+
+_INSTALL_HINT: Final = (
+    'echo cancellation needs the "livekit" package (WebRTC audio processing): '
+    'pip install "elevenconv[audio]"'
+)
+_FRAME_MS: Final = 10
+
+
+@functools.cache
+def _import_rtc() -> Any:
+    """Import ``livekit.rtc`` once (it loads a native library: about 0.3 s)."""
+    from livekit import rtc
+
+    return rtc
+
+
+def _livekit_version() -> str:
+    try:
+        return importlib.metadata.version("livekit")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - vendored copy
+        return "?"
+
+
+class EchoCanceller:
+    """Echo cancellation (and optionally noise suppression) for PCM16 mono audio.
+
+    ``EchoCanceller(sample_rate=16000, echo_cancellation=True, noise_suppression=False)``.
+    Feed what the speaker plays to :meth:`process_reverse` and the microphone to
+    :meth:`process_capture`, which returns the microphone audio with the echo removed:
+    as many bytes as it was given, 10 ms later (the engine works on whole 10 ms frames).
+
+    Raises :class:`ImportError` naming the extra to install when ``livekit`` is missing
+    (check with :meth:`available` first) and
+    :class:`~elevenconv.errors.ConfigurationError` for bad arguments.
+    """
+
+    #: Reference chunks that may wait for the capture thread; beyond, the oldest go.
+    MAX_PENDING: Final = 256
+    #: Timestamp differences up to this are jitter: the reference is taken as contiguous.
+    JITTER_S: Final = 0.03
+
+    def __init__(
+        self,
+        sample_rate: int = SAMPLE_RATE,
+        echo_cancellation: bool = True,
+        noise_suppression: bool = False,
+        *,
+        high_pass_filter: bool = True,
+        lead_s: float = 0.04,
+        max_reference_s: float = 2.0,
+    ) -> None:
+        if sample_rate not in (8000, 16000, 32000, 48000):
+            raise ConfigurationError(
+                f"sample_rate must be 8000, 16000, 32000 or 48000 Hz, got {sample_rate!r}"
+            )
+        if not echo_cancellation and not noise_suppression:
+            raise ConfigurationError(
+                "EchoCanceller needs echo_cancellation=True or noise_suppression=True"
+            )
+        if not 0.0 <= lead_s <= 0.2:
+            raise ConfigurationError(f"lead_s must be from 0.0 to 0.2 s, got {lead_s!r}")
+        if not 0.5 <= max_reference_s <= 30.0:
+            raise ConfigurationError(
+                f"max_reference_s must be from 0.5 to 30 s, got {max_reference_s!r}"
+            )
+        try:
+            rtc = _import_rtc()
+        except ImportError as exc:
+            raise ImportError(_INSTALL_HINT) from exc
+        self._rtc = rtc
+        self.sample_rate = sample_rate
+        self.echo_cancellation = bool(echo_cancellation)
+        self.noise_suppression = bool(noise_suppression)
+        self.lead_s = float(lead_s)
+        self._apm: Any = rtc.AudioProcessingModule(
+            echo_cancellation=self.echo_cancellation,
+            noise_suppression=self.noise_suppression,
+            high_pass_filter=high_pass_filter,
+            auto_gain_control=False,
+        )
+        self._frame = sample_rate * _FRAME_MS // 1000  # samples per 10 ms frame
+        self._frame_bytes = 2 * self._frame
+        self._silence = bytes(self._frame_bytes)
+        self._lead = round(self.lead_s * sample_rate)  # samples
+        self._jitter = round(self.JITTER_S * sample_rate)
+        self._max_ref = round(max_reference_s * sample_rate)
+        self._delay_ms = round(self.lead_s * 1000)
+        # Written by any thread (append is atomic), drained by the capture thread.
+        self._pending: collections.deque[tuple[float, bytes]] = collections.deque(
+            maxlen=self.MAX_PENDING
+        )
+        # Capture thread only. Times are sample positions: round(monotonic * rate).
+        self._ref = bytearray()  # reference samples not yet fed, contiguous
+        self._ref_pos: int | None = None  # position of self._ref[0]
+        self._render_pos: int | None = None  # start of the next frame to feed the engine
+        self._cap_carry = b""  # capture samples short of a whole frame
+        self._out = bytearray(self._silence)  # processed audio not yet returned
+        #: Counters (capture thread): 10 ms frames processed, reference frames fed,
+        #: reference frames fed as silence, reference frames skipped to catch up.
+        self.capture_frames = 0
+        self.reference_frames = 0
+        self.silent_reference_frames = 0
+        self.skipped_reference_frames = 0
+
+    # -- introspection ---------------------------------------------------------------------
+
+    @classmethod
+    def available(cls) -> bool:
+        """``True`` if the engine (``livekit``) can be imported. Cached after the first call."""
+        try:
+            _import_rtc()
+        except ImportError:
+            return False
+        return True
+
+    @property
+    def description(self) -> str:
+        """What runs, for the INFO log, e.g. ``WebRTC AEC3 echo cancellation (livekit 1.2.1)``."""
+        parts = []
+        if self.echo_cancellation:
+            parts.append("AEC3 echo cancellation")
+        if self.noise_suppression:
+            parts.append("noise suppression")
+        return f"WebRTC {' + '.join(parts)} (livekit {_livekit_version()})"
+
+    # -- the far end -----------------------------------------------------------------------
+
+    def process_reverse(self, pcm: bytes, played_at: float) -> None:
+        """Note ``pcm`` (PCM16 mono at :attr:`sample_rate`) as played from ``played_at`` on.
+
+        ``played_at`` is the ``time.monotonic()`` instant its first sample reaches the
+        speaker. Any thread, O(1): the chunk waits for the next :meth:`process_capture`.
+        Silence that was played may be passed too, or left out (gaps count as silence).
+        """
+        if self.echo_cancellation and pcm:
+            self._pending.append((played_at, pcm))
+
+    def _take_pending(self) -> None:
+        """Move waiting reference chunks onto the contiguous reference timeline."""
+        pending = self._pending
+        rate = self.sample_rate
+        while pending:
+            try:
+                played_at, pcm = pending.popleft()
+            except IndexError:  # pragma: no cover - only this thread pops
+                break
+            pcm = pcm[: len(pcm) - len(pcm) % 2]
+            pos = round(played_at * rate)
+            if self._ref_pos is None:
+                self._ref_pos = pos
+                self._ref[:] = pcm
+                continue
+            end = self._ref_pos + len(self._ref) // 2
+            gap = pos - end
+            if abs(gap) <= self._jitter:
+                self._ref += pcm  # contiguous: trust the sample count, not the clock
+            elif gap > 0:
+                self._ref += bytes(2 * min(gap, self._max_ref)) + pcm  # silence between
+            else:
+                # Starts earlier than the timeline's end (the player restarted or the
+                # clock estimate moved back): the newer report wins from ``pos`` on.
+                keep = pos - self._ref_pos
+                if keep >= 0:
+                    del self._ref[2 * keep :]
+                    self._ref += pcm
+                else:
+                    self._ref[:] = pcm
+                    self._ref_pos = pos
+        excess = len(self._ref) // 2 - self._max_ref
+        if excess > 0 and self._ref_pos is not None:
+            del self._ref[: 2 * excess]
+            self._ref_pos += excess
+
+    def _reference_frame(self, start: int) -> bytes:
+        """The reference samples ``[start, start + frame)``; silence where there are none."""
+        size = self._frame
+        if self._ref_pos is None:
+            return self._silence
+        offset = start - self._ref_pos
+        if offset >= len(self._ref) // 2 or offset + size <= 0:
+            if offset > 0:  # all before ``start`` is in the past now
+                self._ref.clear()
+                self._ref_pos = start
+            return self._silence
+        head = b""
+        if offset < 0:
+            head, offset = bytes(-2 * offset), 0
+        if offset:
+            del self._ref[: 2 * offset]
+            self._ref_pos += offset
+        take = size - len(head) // 2
+        frame = head + bytes(self._ref[: 2 * take])
+        del self._ref[: 2 * take]
+        self._ref_pos += take
+        if len(frame) < self._frame_bytes:
+            frame += bytes(self._frame_bytes - len(frame))
+        return frame
+
+    def _feed_reference(self, until: int) -> None:
+        """Give the engine every reference frame that starts before ``until`` (positions)."""
+        if self._render_pos is None:
+            self._render_pos = until - self._frame
+        behind = (until - self._render_pos) // self._frame
+        if behind > 8:  # the capture clock jumped ahead: do not flood the engine
+            skip = (behind - 1) * self._frame
+            self._render_pos += skip
+            self.skipped_reference_frames += behind - 1
+        rtc = self._rtc
+        while self._render_pos < until:
+            data = self._reference_frame(self._render_pos)
+            if data is self._silence:
+                self.silent_reference_frames += 1
+            frame = rtc.AudioFrame(data, self.sample_rate, 1, self._frame)
+            self._apm.process_reverse_stream(frame)
+            self._render_pos += self._frame
+            self.reference_frames += 1
+
+    # -- the near end ----------------------------------------------------------------------
+
+    def process_capture(self, pcm: bytes, captured_at: float) -> bytes:
+        """Return ``pcm`` (microphone, PCM16 mono) with the echo removed, 10 ms later.
+
+        ``captured_at`` is the ``time.monotonic()`` instant its first sample was recorded.
+        Returns exactly ``len(pcm)`` bytes (rounded down to whole samples): the
+        processed audio lags the input by one 10 ms frame. The capture thread only.
+        """
+        pcm = pcm[: len(pcm) - len(pcm) % 2]
+        if not pcm or self._apm is None:
+            return pcm  # closed: pass through rather than fail a late chunk
+        if self.echo_cancellation:
+            self._take_pending()
+        rate = self.sample_rate
+        size = self._frame
+        frame_bytes = self._frame_bytes
+        carry = self._cap_carry
+        data = carry + pcm if carry else pcm
+        # Position of data[0]: the carry was recorded just before this chunk.
+        start = round(captured_at * rate) - len(carry) // 2
+        rtc = self._rtc
+        apm = self._apm
+        full = len(data) - len(data) % frame_bytes
+        for offset in range(0, full, frame_bytes):
+            frame_pos = start + offset // 2
+            if self.echo_cancellation:
+                self._feed_reference(frame_pos + size + self._lead)
+                apm.set_stream_delay_ms(self._delay_ms)
+            frame = rtc.AudioFrame(data[offset : offset + frame_bytes], rate, 1, size)
+            apm.process_stream(frame)
+            self._out += frame.data.cast("B")
+            self.capture_frames += 1
+        self._cap_carry = data[full:]
+        out = bytes(self._out[: len(pcm)])
+        del self._out[: len(pcm)]
+        return out
+
+    def close(self) -> None:
+        """Free the engine's state now rather than at garbage collection. Idempotent."""
+        self._pending.clear()
+        self._ref.clear()
+        self._apm = None
