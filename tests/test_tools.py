@@ -198,7 +198,7 @@ def test_handle_async_def_handler_returns_its_result(tools: ClientTools) -> None
 def test_handle_async_call_object(tools: ClientTools) -> None:
     class Handler:
         async def __call__(self, params: dict[str, Any]) -> int:
-            return params["n"] * 2
+            return int(params["n"]) * 2
 
     tools.register("obj", Handler())
     assert tools.handle("obj", {"n": 21}) == 42
@@ -724,3 +724,406 @@ def test_many_concurrent_callers_each_get_exactly_one_result() -> None:
             t.join(WAIT)
         ct.close()
         join_pool_threads()
+
+
+# -- interpreter exit ------------------------------------------------------------------------
+
+_HUNG_TOOL_SCRIPT = """
+import sys, threading
+from elevenconv import ClientTools
+
+tools = ClientTools(timeout={timeout})
+started = threading.Event()
+tools.register("hang", lambda p: (started.set(), threading.Event().wait()))
+tools.execute_tool_async("hang", {{"tool_call_id": "h"}})
+assert started.wait(10)
+print("tool running", flush=True)
+"""
+
+
+@pytest.mark.parametrize("timeout", [None, 3600])
+def test_a_hung_tool_does_not_keep_the_interpreter_alive(timeout: float | None) -> None:
+    # A ThreadPoolExecutor joins its workers at exit: this script would never end.
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _HUNG_TOOL_SCRIPT.format(timeout=timeout)],
+        capture_output=True,
+        text=True,
+        timeout=scaled(15),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "tool running\n"
+
+
+def test_workers_and_watchdog_are_daemon_threads() -> None:
+    ct = ClientTools(timeout=scaled(5))
+    ct.register("t", lambda p: [t.daemon for t in pool_threads()])
+    try:
+        assert all(ct.execute_tool_async("t", {}).result(WAIT))
+        assert {t.name for t in pool_threads()} == {"elevenconv-tool-1", "elevenconv-tool-watchdog"}
+    finally:
+        ct.close()
+        join_pool_threads()
+
+
+def test_the_executor_follows_the_executor_contract() -> None:
+    from elevenconv._tools import _DaemonThreadExecutor
+
+    pool = _DaemonThreadExecutor(2, "elevenconv-tool-test")
+    try:
+        assert list(pool.map(lambda x: x * 2, range(10))) == [x * 2 for x in range(10)]
+        failing = pool.submit(lambda: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            failing.result(WAIT)
+        assert len(pool.threads()) <= 2
+    finally:
+        pool.shutdown(wait=True)
+    assert not any(t.is_alive() for t in pool.threads())
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(lambda: None)
+
+
+def test_executor_shutdown_can_cancel_queued_work() -> None:
+    from elevenconv._tools import _DaemonThreadExecutor
+
+    pool = _DaemonThreadExecutor(1, "elevenconv-tool-test")
+    release = threading.Event()
+    started = threading.Event()
+
+    def block() -> bool:
+        started.set()
+        return release.wait(WAIT)
+
+    running = pool.submit(block)
+    assert started.wait(WAIT)
+    queued = [pool.submit(lambda: "ran") for _ in range(3)]
+    pool.shutdown(wait=False, cancel_futures=True)
+    assert all(f.cancelled() for f in queued)
+    release.set()
+    assert running.result(WAIT) is True
+    for t in pool.threads():
+        t.join(WAIT)
+    assert not any(t.is_alive() for t in pool.threads())
+
+
+# -- per-conversation scopes -----------------------------------------------------------------
+
+
+class Answers:
+    """An ``on_done`` for ``ToolScope.submit`` that records ``(text, is_error, exc)``."""
+
+    def __init__(self) -> None:
+        self.q: queue.Queue[tuple[str, bool, BaseException | None]] = queue.Queue()
+
+    def __call__(self, text: str, is_error: bool, exc: BaseException | None) -> None:
+        self.q.put((text, is_error, exc))
+
+    def get(self) -> tuple[str, bool, BaseException | None]:
+        return self.q.get(timeout=WAIT)
+
+
+class Blocker:
+    """A handler that signals it started, then waits until released."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, params: dict[str, Any]) -> str:
+        self.started.set()
+        assert self.release.wait(WAIT)
+        return "unblocked"
+
+
+def test_closing_a_scope_cancels_its_queued_calls_without_waiting_for_running_ones() -> None:
+    ct = ClientTools(max_workers=1)
+    blocker, ran = Blocker(), []
+    ct.register("block", blocker)
+    ct.register("queued", lambda p: ran.append(p["tool_call_id"]))
+    scope = ct._open_scope("conv-1")
+    answers = Answers()
+    try:
+        running = scope.submit("block", {}, "b", answers)
+        assert blocker.started.wait(WAIT)
+        queued = [
+            scope.submit("queued", {"tool_call_id": f"q{i}"}, f"q{i}", answers) for i in range(3)
+        ]
+        # close() returns while the running tool is still blocked: it does not wait for it.
+        assert scope.close() == 3
+        assert blocker.release.is_set() is False
+        assert all(f.cancelled() for f in queued)
+        assert scope.cancelled == 3
+        assert scope.running == 1
+        assert scope.close() == 0, "idempotent"
+        assert scope.join(0.01) is False, "the blocked tool is still running"
+    finally:
+        blocker.release.set()
+    assert scope.join(WAIT) is True
+    assert running.result(WAIT) == "unblocked", "a running tool finishes on its own thread"
+    assert ran == [], "queued calls never start"
+    assert answers.q.empty(), "nothing of a closed scope is answered"
+    assert ct._pending == 0
+    assert ct._pool is None, "the last scope out shut the pool down"
+    assert not pool_threads(), "join() also waited for the pool's threads"
+
+
+def test_a_call_submitted_after_close_never_runs_and_is_counted() -> None:
+    ct = ClientTools()
+    ran: list[int] = []
+    ct.register("t", lambda p: ran.append(1))
+    scope = ct._open_scope()
+    scope.close()
+    answers = Answers()
+    future = scope.submit("t", {}, "late", answers)
+    assert future.cancelled()
+    assert scope.cancelled == 1
+    assert ran == [] and answers.q.empty()
+    assert ct._pool is None, "a refused call starts no pool"
+    assert scope.join(WAIT) is True
+    assert not pool_threads()
+
+
+def test_closing_one_scope_leaves_the_other_conversations_calls_alone() -> None:
+    ct = ClientTools(max_workers=1)
+    blocker = Blocker()
+    ct.register("block", blocker)
+    ct.register("echo", lambda p: p["x"])
+    first, second = ct._open_scope("a"), ct._open_scope("b")
+    a_answers, b_answers = Answers(), Answers()
+    try:
+        first.submit("block", {}, "a1", a_answers)
+        assert blocker.started.wait(WAIT)
+        queued = second.submit("echo", {"x": "from b"}, "b1", b_answers)
+        assert first.close() == 0
+        assert not queued.cancelled()
+        assert ct._pool is not None, "b still uses the pool"
+    finally:
+        blocker.release.set()
+    assert b_answers.get() == ("from b", False, None)
+    assert first.join(WAIT) is True
+    assert a_answers.q.empty()
+    second.close()
+    assert second.join(WAIT) is True
+    assert not pool_threads()
+
+
+def test_a_tool_can_close_and_join_its_own_scope() -> None:
+    # A tool that ends its conversation runs end_session() + wait_for_session_end() on a
+    # pool worker: join() must not wait for the calling thread itself.
+    ct = ClientTools()
+    holder: dict[str, Any] = {}
+
+    def end_it(params: dict[str, Any]) -> bool:
+        scope = holder["scope"]
+        scope.close()
+        return bool(scope.join(WAIT))
+
+    ct.register("end", end_it)
+    holder["scope"] = scope = ct._open_scope()
+    future = scope.submit("end", {}, "e", Answers())
+    assert future.result(WAIT) is True
+    assert scope.join(WAIT) is True
+    assert not pool_threads()
+
+
+def test_close_racing_with_submissions_loses_nothing_and_leaks_nothing() -> None:
+    ct = ClientTools(max_workers=2, max_pending=10_000)
+    ran: list[str] = []
+    ct.register("t", lambda p: ran.append(p["tool_call_id"]))
+    scope = ct._open_scope()
+    answers = Answers()
+    submitted = threading.Event()
+
+    def submitter() -> None:
+        for i in range(300):
+            scope.submit("t", {"tool_call_id": str(i)}, str(i), answers)
+            if i == 50:
+                submitted.set()
+
+    thread = threading.Thread(target=submitter, name="test-submitter")
+    thread.start()
+    assert submitted.wait(WAIT)
+    scope.close()
+    thread.join(WAIT)
+    assert scope.join(WAIT) is True
+    answered = answers.q.qsize()
+    assert len(ran) + scope.cancelled == 300, "each call either ran or was counted as cancelled"
+    assert answered <= len(ran)
+    assert ct._pending == 0
+    assert not pool_threads()
+
+
+def test_a_call_still_queued_at_its_timeout_never_starts() -> None:
+    ct = ClientTools(max_workers=1, timeout=0.2)
+    blocker, ran = Blocker(), []
+    ct.register("block", blocker)
+    ct.register("queued", lambda p: ran.append(1))
+    scope = ct._open_scope()
+    answers = Answers()
+    try:
+        scope.submit("block", {}, "b", answers)
+        assert blocker.started.wait(WAIT)
+        queued = scope.submit("queued", {}, "q", answers)
+        first, second = answers.get(), answers.get()
+        assert {first[0], second[0]} == {
+            "client tool 'block' did not finish within 0.2 s",
+            "client tool 'queued' did not finish within 0.2 s",
+        }
+        assert all(isinstance(a[2], ToolTimeoutError) for a in (first, second))
+        assert queued.cancelled()
+    finally:
+        blocker.release.set()
+    scope.close()
+    assert scope.join(WAIT) is True
+    assert ran == []
+    assert answers.q.empty(), "the late result of the blocked tool is dropped"
+
+
+# -- encoding failures and the size bound ----------------------------------------------------
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+class _BrokenDict(dict[str, Any]):
+    def items(self) -> Any:  # the JSON encoder calls items() on dict subclasses
+        raise RuntimeError("items() exploded")
+
+
+class _BrokenStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ exploded")
+
+
+def _self_referencing() -> list[Any]:
+    value: list[Any] = []
+    value.append(value)
+    return value
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (_nested(100_000), "RecursionError"),
+        (_self_referencing(), "not JSON-serialisable"),
+        (_BrokenDict(a=1), "RuntimeError: items() exploded"),
+        ({(1, 2): "tuple key"}, "not JSON-serialisable"),
+        ("lone \udc80 surrogate", "not valid Unicode"),
+    ],
+    ids=["deep", "cycle", "broken-items", "tuple-key", "surrogate"],
+)
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_any_encoding_failure_is_an_error_result(
+    value: Any, reason: str, timeout: float | None
+) -> None:
+    ct = ClientTools(timeout=timeout)
+    ct.register("weird", lambda p: value)
+    try:
+        future, message, results = run(ct, "weird")
+        assert message["is_error"] is True
+        assert reason in message["result"]
+        assert "'weird'" in message["result"]
+        assert future.result(0) is value
+        assert ct._pending == 0
+    finally:
+        ct.close()
+        join_pool_threads()
+    assert results.count == 1
+
+
+def test_an_exception_whose_str_fails_is_reported_by_its_type(tools: ClientTools) -> None:
+    def handler(params: dict[str, Any]) -> None:
+        raise _BrokenStr
+
+    tools.register("fails", handler)
+    _, message, _ = run(tools, "fails")
+    assert message["is_error"] is True
+    assert message["result"] == "_BrokenStr"
+
+
+def test_a_result_callback_that_raises_is_logged_and_frees_the_slot(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ct = ClientTools(max_pending=1)
+    ct.register("t", lambda p: "ok")
+
+    def bad_callback(message: dict[str, Any]) -> None:
+        raise ValueError("callback bug")
+
+    try:
+        with caplog.at_level("ERROR", logger="elevenconv._tools"):
+            future = ct.execute_tool_async("t", {}, bad_callback)
+            assert future.result(WAIT) == "ok"
+            assert settled(future).wait(WAIT)
+        assert any("result callback" in r.message for r in caplog.records)
+        _, message, _ = run(ct, "t")  # max_pending=1: the slot was freed
+        assert message["result"] == "ok"
+    finally:
+        ct.close()
+        join_pool_threads()
+
+
+def test_default_result_bound_is_256_kib() -> None:
+    from elevenconv._tools import DEFAULT_MAX_RESULT_BYTES
+
+    assert DEFAULT_MAX_RESULT_BYTES == 256 * 1024
+    assert ClientTools().max_result_bytes == DEFAULT_MAX_RESULT_BYTES
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("x" * 100, True),
+        ("x" * 101, False),
+        ("€" * 33, True),  # 99 bytes
+        ("€" * 34, False),  # 102 bytes in 34 characters
+        ({"k": "v" * 80}, True),  # {"k": "..."} is 89 bytes
+        ({"k": "v" * 100}, False),
+        (b"y" * 101, False),
+    ],
+)
+def test_results_over_max_result_bytes_become_an_error_naming_the_limit(
+    value: Any, ok: bool
+) -> None:
+    ct = ClientTools(max_result_bytes=100)
+    ct.register("big", lambda p: value)
+    try:
+        _, message, _ = run(ct, "big")
+    finally:
+        ct.close()
+        join_pool_threads()
+    assert message["is_error"] is not ok
+    if ok:
+        assert len(message["result"].encode()) <= 100
+    else:
+        assert "max_result_bytes limit of 100 bytes" in message["result"]
+        assert "'big'" in message["result"]
+        assert len(message["result"].encode()) < 300
+
+
+def test_a_huge_result_is_refused_by_default(tools: ClientTools) -> None:
+    tools.register("huge", lambda p: "z" * (1 << 20))
+    _, message, _ = run(tools, "huge")
+    assert message["is_error"] is True
+    assert "at least 1048576 bytes" in message["result"]
+    assert "262144" in message["result"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_result_bytes": 0},
+        {"max_result_bytes": True},
+        {"max_pending": 0},
+        {"timeout": float("nan")},
+    ],
+)
+def test_invalid_bounds_are_configuration_errors(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        ClientTools(**kwargs)
