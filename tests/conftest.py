@@ -16,6 +16,7 @@ import pytest
 pytest_plugins = [
     "tests.fixtures_contract",
     "tests.fixtures_loopback",
+    "tests.fixtures_netns",
     "tests.fixtures_official",
     "tests.fixtures_sound",
 ]
