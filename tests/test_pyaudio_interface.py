@@ -516,3 +516,96 @@ def test_list_devices(fake_pyaudio: type[FakePyAudio]) -> None:
     iface = create_default_audio_interface(input=False)
     assert iface.output_enabled
     assert not iface.input_enabled
+
+
+# -- echo reference and capture times --------------------------------------------------------
+
+
+def test_reference_is_what_the_output_callback_wrote_delivered_on_the_mic_thread(
+    make_iface: Any,
+) -> None:
+    import time
+
+    refs: list[tuple[bytes, float, str]] = []
+    captured: queue.Queue[tuple[bytes, float | None, int]] = queue.Queue()
+    iface = make_iface()
+    assert iface.set_playback_reference_callback(
+        lambda pcm, at: refs.append((pcm, at, threading.current_thread().name))
+    )
+    iface.start(lambda pcm: captured.put((pcm, iface.capture_time(), len(refs))))
+    pa = FakePyAudio.instances[-1]
+    out, mic = pa.stream(output=True), pa.stream(output=False)
+    iface.set_output_gain(0.5)
+    iface.output(tone(440, BUF / 16000))
+    before = time.monotonic()
+    # PortAudio says: these samples reach the DAC 0.1 s after "now" (its own clock).
+    loud, _flag = out.callback(
+        None, BUF, {"current_time": 5000.0, "output_buffer_dac_time": 5000.1}, 0
+    )
+    silent = out.pull()  # nothing queued: silence, which is played too
+    after = time.monotonic()
+    assert refs == []  # nothing delivered from PortAudio's thread
+    # The mic chunk's first sample was recorded 0.3 s before the callback ran.
+    mic_time = {"current_time": 7000.0, "input_buffer_adc_time": 6999.7}
+    mic.callback(b"\x01\x00" * 4000, 4000, mic_time, 0)
+    _pcm, captured_at, refs_before = captured.get(timeout=scaled(5))
+    assert refs_before == 2  # the reference came first, then the capture
+    assert [r[0] for r in refs] == [loud, silent]
+    assert rms(as_array(loud)) == pytest.approx(0.5 * 0.5 * 32767 / 2**0.5, rel=0.02)
+    assert silent == bytes(BUF_BYTES)
+    assert {r[2] for r in refs} == {"elevenconv-mic"}
+    assert before + 0.1 <= refs[0][1] <= after + 0.1
+    assert captured_at is not None
+    assert before - 0.3 <= captured_at <= time.monotonic() - 0.3
+    assert iface.capture_time() is None  # only valid inside input_callback
+
+
+def test_capture_time_without_portaudio_times_uses_latency_and_chunk_length(
+    make_iface: Any,
+) -> None:
+    import time
+
+    captured: queue.Queue[float | None] = queue.Queue()
+    iface = make_iface(output=False)
+    iface.start(lambda pcm: captured.put(iface.capture_time()))
+    mic = FakePyAudio.instances[-1].stream(output=False)
+    before = time.monotonic()
+    mic.push(b"\x00\x00" * 4000, 4000)  # time_info {} (some hosts report zeros)
+    captured_at = captured.get(timeout=scaled(5))
+    assert captured_at is not None
+    assert captured_at == pytest.approx(before - 0.25, abs=0.05)
+
+
+def test_reference_callback_needs_both_directions_and_is_bounded(make_iface: Any) -> None:
+    assert make_iface(input=False).set_playback_reference_callback(lambda p, t: None) is False
+    assert make_iface(output=False).set_playback_reference_callback(lambda p, t: None) is False
+    iface = make_iface()
+    assert iface.set_playback_reference_callback(lambda p, t: None) is True
+    iface.start(lambda pcm: None)
+    out = FakePyAudio.instances[-1].stream(output=True)
+    for _ in range(1000):  # no mic chunk comes to take them: the ring keeps the newest
+        out.pull()
+    assert len(iface._reference) == 64
+    assert iface.set_playback_reference_callback(None) is True
+    assert len(iface._reference) == 0
+
+
+def test_missing_portaudio_library_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    # A PyAudio whose extension cannot load libportaudio, the way the loader reports it.
+    package = tmp_path / "pyaudio"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "raise ImportError('libportaudio.so.2: cannot open shared object file: "
+        "No such file or directory', name='pyaudio._portaudio')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "pyaudio", raising=False)
+    from elevenconv._pyaudio_interface import DefaultAudioInterface
+
+    with pytest.raises(ImportError) as info:
+        DefaultAudioInterface()
+    message = str(info.value)
+    assert "apt-get install libportaudio2" in message
+    assert "brew install portaudio" in message
+    assert "libportaudio.so.2" in message
+    assert "elevenconv[audio]" not in message  # the extra is installed already
