@@ -10,9 +10,11 @@ r"""The ``elevenconv`` command: chat with an agent, run the simulator, list soun
     elevenconv devices                      # PortAudio devices
     python -m elevenconv ...                # the same
 
-``chat`` talks by voice when a sound device is there (``--no-voice`` forces text) and
-always accepts typed text. In a chat, lines starting with ``/`` are commands
-(:data:`COMMANDS`); everything else is said to the agent.
+``chat`` talks by voice when a sound device is there (``--no-voice`` forces text,
+``--voice`` insists on voice) and always accepts typed text; echo cancellation is on in
+voice mode when its dependency is installed (``--no-echo-cancellation`` turns it off).
+In a chat, lines starting with ``/`` are commands (:data:`COMMANDS`); everything else
+is said to the agent.
 
 Exit status: 0 when the chat ends normally (``/quit``, end of input, end of the script,
 or the agent ended the call); 1 on an error (connection refused or dropped, a
@@ -20,12 +22,21 @@ or the agent ended the call); 1 on an error (connection refused or dropped, a
 simulator); 2 for bad usage; 130 when interrupted with Ctrl+C (the session is still
 ended cleanly). ``simulate`` exits 0 on Ctrl+C: that is how it is stopped.
 
-Threads: the main thread reads your input and runs the commands; everything the agent
-says is printed from the Conversation's events thread (and tool results from its tool
-workers). One :class:`_Console` lock keeps their lines whole. When stdin is read
-interactively, a daemon thread ``elevenconv-cli-stdin`` turns it into a queue, so the
-end of the session can wake the main thread; it blocks on that queue, never polls.
-Secrets are never printed: the API key is only read from ``ELEVENLABS_API_KEY``.
+Interactive chats have line editing and history through the standard library's
+:mod:`readline` where it exists (history in ``$XDG_STATE_HOME/elevenconv/chat_history``,
+``--no-history`` to keep none), and a live status (connected, agent speaking or listening,
+mic, echo cancellation, latency) in the terminal's title, so it never fights the prompt;
+``/status`` prints it. Missing optional dependencies are reported in one line that says
+what to install, never as a traceback.
+
+Threads: the main thread runs the commands; everything the agent says is printed from
+the Conversation's events thread (and tool lines from its tool workers). One
+:class:`_Console` lock keeps their lines whole and redraws the prompt (with what was typed
+so far) under them. When stdin is read interactively, a daemon thread
+``elevenconv-cli-stdin`` reads it (through readline when available, one line per request
+of the main thread), so the end of the session can wake the main thread; it blocks on a
+queue, never polls. Secrets are never printed: the API key is only read from
+``ELEVENLABS_API_KEY``.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib
 import logging
 import os
 import queue
@@ -99,13 +111,120 @@ class ChatError(Exception):
 # ======================================================================================
 
 
+class _LineEditor:
+    """Line editing and history for the interactive prompt, through stdlib :mod:`readline`.
+
+    :meth:`read` runs on the stdin thread (``input()`` uses readline there too). Other
+    threads print through :class:`_Console`, which holds its lock, erases the prompt line,
+    prints, and calls :meth:`redraw`: readline is told the cursor is on a new line
+    (``rl_on_new_line``) and redisplays the prompt with what was typed so far. Both calls
+    keep the GIL, as readline's own key handling does, so they never run in the middle of
+    a keystroke. :meth:`close` saves the history and restores the terminal.
+    """
+
+    HISTORY_LENGTH = 1000
+
+    def __init__(self, readline: Any, history: str | None, console: _Console) -> None:
+        self._rl = readline
+        self._history = history
+        self._console = console
+        self._tty: list[Any] | None = None
+        self._on_new_line: Callable[[], int] | None = None
+        try:
+            import termios
+
+            self._tty = termios.tcgetattr(sys.stdin.fileno())
+        except (ImportError, OSError, ValueError):
+            pass
+        try:
+            import ctypes
+
+            self._on_new_line = ctypes.PyDLL(readline.__file__).rl_on_new_line
+        except (ImportError, OSError, AttributeError, TypeError):
+            pass  # the prompt is then redrawn by hand (prompt + line buffer)
+        readline.set_history_length(self.HISTORY_LENGTH)
+        if history:
+            with contextlib.suppress(OSError):
+                readline.read_history_file(history)
+        readline.set_completer(self._complete)
+        readline.set_completer_delims(" \t\n")
+        libedit = "libedit" in (readline.__doc__ or "") or (
+            getattr(readline, "backend", "") == "editline"
+        )
+        readline.parse_and_bind("bind ^I rl_complete" if libedit else "tab: complete")
+        hooks = hasattr(readline, "set_startup_hook") and hasattr(readline, "set_pre_input_hook")
+        self._hooks = hooks
+        if hooks:
+            # From just before readline draws the prompt until it has: no other output.
+            readline.set_startup_hook(console.prompt_drawing)
+            readline.set_pre_input_hook(console.prompt_drawn)
+
+    @staticmethod
+    def create(history: str | None, console: _Console) -> _LineEditor | None:
+        """A line editor, or ``None`` when this Python has no readline."""
+        try:
+            import readline
+        except ImportError:
+            return None
+        return _LineEditor(readline, history, console)
+
+    def _complete(self, text: str, state: int) -> str | None:
+        matches = [n for n in sorted(_NAMES) if n.startswith(text)] if text.startswith("/") else []
+        return matches[state] if state < len(matches) else None
+
+    def read(self, prompt: str) -> str:
+        """Read one line (stdin thread); ``EOFError`` at the end of input."""
+        if not self._hooks:
+            self._console.prompt_drawn()
+        try:
+            return input(prompt)
+        finally:
+            self._console.prompt_gone()
+
+    def redraw(self, prompt: str) -> None:
+        """Draw the prompt and the typed text again on a fresh line (console lock held)."""
+        if self._on_new_line is not None:
+            self._on_new_line()
+            self._rl.redisplay()
+        else:
+            sys.stdout.write(prompt + self._rl.get_line_buffer())
+
+    def close(self) -> None:
+        """Save the history; put the terminal back as it was (the stdin thread may still
+        be inside readline, which would leave it in raw mode)."""
+        if self._history:
+            try:
+                os.makedirs(os.path.dirname(self._history) or ".", exist_ok=True)
+                self._rl.write_history_file(self._history)
+                os.chmod(self._history, 0o600)  # what you typed is yours only
+            except OSError as exc:
+                log.warning("could not save the chat history to %s: %s", self._history, exc)
+        if self._tty is not None:
+            try:
+                import termios
+
+                termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, self._tty)
+            except (ImportError, OSError, ValueError):
+                pass
+
+
+def default_history_file() -> str:
+    """``$XDG_STATE_HOME/elevenconv/chat_history`` (``~/.local/state/...`` by default)."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(state, "elevenconv", "chat_history")
+
+
 class _Console:
     """Line-safe output shared by the main, events and tool threads.
 
     Agent text may stream in while a prompt is shown: a line printed from another thread
     first moves to a fresh line (``\\r`` + erase on an ANSI terminal, a newline on a dumb
-    one) and then shows the prompt again, so output stays readable on any terminal.
-    Prompts are only shown when both stdin and stdout are terminals.
+    one), and the prompt is drawn again under it (by readline, with what you typed so
+    far, when a :class:`_LineEditor` is in use). Prompts are only shown when both stdin
+    and stdout are terminals, and never after the session ended. On an ANSI terminal the
+    live status goes to the window title (:meth:`status`).
     """
 
     PROMPT = "you> "
@@ -114,26 +233,83 @@ class _Console:
         self._out = out
         self._err = err
         self._lock = threading.Lock()
+        self._stream_done = threading.Condition(self._lock)  # a streaming line ended
         self._use_prompt = prompt
         self._ansi = prompt and os.environ.get("TERM", "dumb") not in ("dumb", "")
         self._prompt_shown = False
         self._waiting = False  # the main thread waits for a line: keep the prompt up
         self._streaming = False
+        self._closed = False  # the session ended: no more prompts
+        self._title = False
+        self._redraw = False  # readline's prompt was erased by a line: draw it again
+        self._hook_locked = False
+        self.editor: _LineEditor | None = None
 
     def _break(self) -> None:
         # Lock held. Get to the start of an empty line.
         if self._streaming:
             self._out.write("\n")
             self._streaming = False
+            self._stream_done.notify_all()
         elif self._prompt_shown:
             self._out.write("\r\x1b[K" if self._ansi else "\n")
             self._prompt_shown = False
+            self._redraw = True
 
     def _reprompt(self) -> None:
         # Lock held.
-        if self._use_prompt and self._waiting and not self._streaming and not self._prompt_shown:
+        if not self._use_prompt or self._closed or self._streaming or self._prompt_shown:
+            return
+        if self.editor is not None:
+            # readline owns the prompt: redraw it only if it was up (erased by _break).
+            if self._redraw:
+                self._redraw = False
+                self._out.flush()
+                self.editor.redraw(self.PROMPT)
+                self._prompt_shown = True
+        elif self._waiting:
             self._out.write(self.PROMPT)
             self._prompt_shown = True
+
+    # -- the stdin thread, through _LineEditor (readline draws the prompt) ----------------
+
+    STREAM_WAIT_S = 5.0  # at most this long for a streaming line to end before a prompt
+
+    def _wait_stream_end(self) -> None:
+        # Lock held. Never draw a prompt in the middle of the agent's streaming line.
+        deadline = time.monotonic() + self.STREAM_WAIT_S
+        while self._streaming and not self._closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._break()
+                return
+            self._stream_done.wait(left)
+
+    def prompt_drawing(self) -> None:
+        """readline's startup hook: it is about to draw the prompt."""
+        self._lock.acquire()  # released by prompt_drawn(), on this thread, inside input()
+        self._hook_locked = True
+        self._redraw = False
+        self._wait_stream_end()
+
+    def prompt_drawn(self) -> None:
+        """readline's pre-input hook (or just before ``input()``): the prompt is up."""
+        if self._hook_locked:  # only ever True while this thread holds the lock
+            self._hook_locked = False
+            self._prompt_shown = True
+            self._lock.release()
+        else:
+            with self._lock:
+                self._wait_stream_end()
+                self._prompt_shown = True
+
+    def prompt_gone(self) -> None:
+        """The line was entered (readline moved to a new line) or input ended."""
+        with self._lock:
+            self._prompt_shown = False
+            self._redraw = False
+
+    # -- any thread ----------------------------------------------------------------------
 
     def line(self, text: str) -> None:
         """Print one whole line (any thread)."""
@@ -176,18 +352,52 @@ class _Console:
             if self._streaming:
                 self._out.write("\n")
                 self._streaming = False
+                self._stream_done.notify_all()
             self._reprompt()
+            self._out.flush()
+
+    def status(self, text: str) -> None:
+        """Show the live status in the terminal's title (ANSI terminals; else nothing)."""
+        if not self._ansi:
+            return
+        with self._lock:
+            if not self._title:
+                self._title = True
+                self._out.write("\x1b[22;0t")  # push the current title (xterm, VTE, ...)
+            self._out.write(f"\x1b]0;elevenconv: {text}\x07")
             self._out.flush()
 
     def waiting_for_input(self, waiting: bool) -> None:
         """Main thread: show the prompt while waiting for a line, drop it after."""
         with self._lock:
             self._waiting = waiting
-            if waiting:
-                self._reprompt()
-            else:
-                self._prompt_shown = False  # the terminal echoed the newline
+            if self.editor is None:
+                if waiting:
+                    self._reprompt()
+                else:
+                    self._prompt_shown = False  # the terminal echoed the newline
             self._out.flush()
+
+    def close(self) -> None:
+        """The session ended: erase a prompt that is up, and show no more."""
+        with self._lock:
+            self._closed = True
+            self._stream_done.notify_all()
+            if self._prompt_shown:
+                self._out.write("\r\x1b[K" if self._ansi else "\n")
+                self._prompt_shown = False
+            self._out.flush()
+
+    def restore(self) -> None:
+        """At exit: the terminal's title back, the line editor closed."""
+        with self._lock:
+            self._closed = True
+            if self._title:
+                self._out.write("\x1b[23;0t")  # pop the title pushed by status()
+                self._title = False
+            self._out.flush()
+        if self.editor is not None:
+            self.editor.close()
 
 
 # ======================================================================================
@@ -403,31 +613,61 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _open_voice(args: argparse.Namespace, notice: Callable[[str], None]) -> AudioInterface | None:
-    """The sound device for a voice chat, or ``None`` (text) with a one-line notice."""
+def _missing_dependency(exc: BaseException, what: str) -> str:
+    """One line saying what ``what`` needs and how to install it, from an ImportError
+    (or an error caused by one): a pip extra, or the system package of a shared library."""
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and len(chain) < 5:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    text = " ".join(str(x) for x in chain)
+    if "libportaudio" in text or ("portaudio" in text.lower() and "cannot open" in text):
+        return (
+            f"{what} needs the PortAudio library: apt-get install libportaudio2 "
+            "(Debian/Ubuntu), dnf install portaudio (Fedora), brew install portaudio (macOS)"
+        )
+    names = [x.name for x in chain if isinstance(x, ImportError) and x.name]
+    module = (names[0] if names else "").partition(".")[0]
+    fix = _PIP_FIXES.get(module, f"pip install {module}" if module else "")
+    if not module:
+        return f"{what}: {exc}"
+    return f"{what} needs the Python package {module!r}: {fix}"
+
+
+#: The pip command that brings an optional module, by top-level module name.
+_PIP_FIXES: dict[str, str] = {
+    "pyaudio": 'pip install "elevenconv[audio]"',
+    "numpy": 'pip install "elevenconv[audio]"',
+    "soxr": 'pip install "elevenconv[audio]"',
+    "livekit": 'pip install "elevenconv[audio]"',
+    "websockets": 'pip install "elevenconv[testing]"',
+}
+
+
+def _open_voice(args: argparse.Namespace) -> tuple[AudioInterface | None, str]:
+    """The sound device for a voice chat, or ``(None, why not)``."""
     if args.input_wav:
-        return WavFileAudioInterface(args.input_wav, realtime=True, trailing_silence_s=1.0)
+        return WavFileAudioInterface(args.input_wav, realtime=True, trailing_silence_s=1.0), ""
     if args.no_voice:
-        return None
+        return None, ""
     try:
         from elevenconv._pyaudio_interface import create_default_audio_interface, list_devices
 
         with _quiet_stderr():
             devices = list_devices()
-    except ImportError:
-        notice('[text mode: voice needs PyAudio -- pip install "elevenconv[audio]"]')
-        return None
+    except ImportError as exc:
+        return None, _missing_dependency(exc, "voice")
     except AudioError as exc:
-        notice(f"[text mode: no sound system ({exc})]")
-        return None
+        return None, f"no sound system ({exc})"
     has_in = args.input_device is not None or any(d["is_default_input"] for d in devices)
     has_out = args.output_device is not None or any(d["is_default_output"] for d in devices)
     if not (has_in and has_out):
-        notice("[text mode: no default microphone and speaker found (elevenconv devices)]")
-        return None
-    return create_default_audio_interface(
+        return None, "no default microphone and speaker found (elevenconv devices)"
+    iface = create_default_audio_interface(
         input_device_index=args.input_device, output_device_index=args.output_device
     )
+    return iface, ""
 
 
 # ======================================================================================
@@ -488,9 +728,12 @@ def _script_lines(args: argparse.Namespace) -> list[_Line] | None:
 class _Chat:
     """One ``elevenconv chat`` run: the Conversation, its handlers, and the input loop."""
 
-    def __init__(self, args: argparse.Namespace, console: _Console) -> None:
+    def __init__(self, args: argparse.Namespace, console: _Console, *, interactive: bool) -> None:
         self.args = args
         self.console = console
+        # Interactive: the status lives in the title (and /status); scripts and logs get
+        # it as lines ("[agent speaking]", "[listening, ...]").
+        self.interactive = interactive
         self.tracker = _Tracker()
         self.conv: Conversation | None = None
         self.tap: _MicTap | None = None
@@ -510,6 +753,10 @@ class _Chat:
         tools = ClientTools(timeout=10)
 
         def get_current_time(params: dict[str, Any]) -> str:
+            # Both lines from the tool's thread, in order (the client_tool_call event
+            # runs on the events thread and could come second).
+            args = {k: v for k, v in params.items() if k != "tool_call_id"}
+            self.console.line(f"[tool call] get_current_time {args}")
             now = datetime.datetime.now().strftime("%H:%M")
             self.console.line(f"[tool] get_current_time() -> {now}")
             return now
@@ -519,7 +766,14 @@ class _Chat:
 
     def connect(self, client: ElevenLabsClient, agent_id: str, requires_auth: bool) -> None:
         """Create and start the Conversation (voice if possible, else text)."""
-        iface = _open_voice(self.args, self.console.line)
+        iface, why = _open_voice(self.args)
+        if iface is None and why:
+            if self.args.voice:
+                raise ChatError(f"--voice: {why}")
+            self.console.line(f"[text mode: {why}]")
+        options: dict[str, Any] = {}
+        if self.args.no_echo_cancellation:
+            options["echo_cancellation"] = False
         while True:
             self.tap = _MicTap(iface, keep_mic=bool(self.args.record_mic)) if iface else None
             conv = Conversation(
@@ -532,6 +786,7 @@ class _Chat:
                 text_only=None if iface else not self.args.record,
                 start_timeout=self.args.timeout,
                 echo_guard=self.args.echo_guard,
+                **options,
             )
             self.voice = iface is not None
             self.attach(conv)
@@ -544,6 +799,8 @@ class _Chat:
             except AudioError as exc:
                 if self.args.input_wav or iface is None:
                     raise
+                if self.args.voice:
+                    raise ChatError(f"--voice: the sound device failed: {exc}") from None
                 self.console.line(f"[text mode: the sound device failed: {exc}]")
                 iface = None
                 continue
@@ -563,11 +820,7 @@ class _Chat:
         conv.on("interruption", lambda _id: c.line("[you interrupted the agent]"))
         conv.on("mode_change", self.on_mode)
         conv.on("latency_measurement", self.on_latency)
-        conv.on("client_tool_call", lambda name, params: c.line(f"[tool call] {name} {params}"))
-        conv.on(
-            "unhandled_client_tool_call",
-            lambda name, _p: c.line(f"[tool] {name!r} is not registered here: answered an error"),
-        )
+        conv.on("unhandled_client_tool_call", self.on_unhandled_tool)
         conv.on("error", lambda exc: c.error(f"[error] {exc}"))
         conv.on("session_ended", self.on_ended)
         if self.args.record:
@@ -581,6 +834,12 @@ class _Chat:
         self.console.line(
             f"[connected: {mode}, conversation {conversation_id}; /help for commands]"
         )
+        self.show_status()
+
+    def on_unhandled_tool(self, name: str, params: dict[str, Any]) -> None:
+        args = {k: v for k, v in params.items() if k != "tool_call_id"}
+        self.console.line(f"[tool call] {name} {args}")
+        self.console.line(f"[tool] {name!r} is not registered here: answered an error")
 
     def audio_interface_present(self) -> bool:
         return self.tap is not None
@@ -613,26 +872,52 @@ class _Chat:
 
     def on_mode(self, mode: str) -> None:
         if self.tracker.set_mode(mode):
-            self.console.line("[agent speaking]" if mode == "speaking" else self.status_text())
+            if not self.interactive:
+                self.console.line("[agent speaking]" if mode == "speaking" else self.status_text())
+            self.show_status()
 
     def on_latency(self, ms: int) -> None:
         self.tracker.latency_ms = ms
+        self.show_status()
 
     def on_audio(self, pcm: bytes, _event_id: int) -> None:
         with self.audio_lock:
             self.agent_audio += pcm
 
     def on_ended(self, _conversation_id: str | None, code: int | None, reason: str) -> None:
+        self.console.close()  # no prompt after the end
         self.tracker.set_ended(code, reason)
+        self.console.status("ended")
         self.wake.put(_ENDED)
 
-    def status_text(self) -> str:
-        parts = ["listening" if not self.tracker.speaking else "agent speaking"]
+    def echo_cancellation_text(self) -> str | None:
+        """``echo cancellation on/off`` in voice mode (``None`` in text mode)."""
+        if not self.voice:
+            return None
+        active = getattr(self.conv, "echo_cancellation_active", None)
+        if active is None:  # a library without echo cancellation: say what was asked
+            return "echo cancellation off" if self.args.no_echo_cancellation else None
+        return "echo cancellation on" if active else "echo cancellation off"
+
+    def status_parts(self) -> list[str]:
+        parts = ["agent speaking" if self.tracker.speaking else "listening"]
         if self.voice:
             parts.append("mic muted" if self.muted else "mic on")
+            ec = self.echo_cancellation_text()
+            if ec:
+                parts.append(ec)
         if self.tracker.latency_ms is not None:
             parts.append(f"latency {self.tracker.latency_ms} ms")
-        return "[" + ", ".join(parts) + "]"
+        return parts
+
+    def status_text(self) -> str:
+        return "[" + ", ".join(self.status_parts()) + "]"
+
+    def show_status(self) -> None:
+        """The live status line (the terminal's title, interactive only)."""
+        if self.tracker.ended:
+            return
+        self.console.status(" | ".join(["connected", *self.status_parts()]))
 
     # -- commands (main thread) ----------------------------------------------------------
 
@@ -679,6 +964,7 @@ class _Chat:
                 self.muted = not self.muted
                 conv.set_mic_muted(self.muted)
                 c.line("[mic muted]" if self.muted else "[mic on]")
+                self.show_status()
         elif name == "/speak":
             self.speak(arg, wait=scripted)
         elif name == "/send":
@@ -751,14 +1037,24 @@ class _Chat:
         return True
 
     def run_interactive(self, stdin: IO[str], scripted: bool) -> None:
-        """Read lines from stdin until /quit, EOF, or the end of the session."""
+        """Read lines from stdin until /quit, EOF, or the end of the session.
+
+        With a line editor the stdin thread reads one line per request (so readline shows
+        the prompt only while a line is wanted); without, it reads ahead."""
         lines = self.wake
+        editor = self.console.editor
+        requests: queue.Queue[None] = queue.Queue()
 
         def read() -> None:
             try:
-                for line in stdin:
-                    lines.put(line.rstrip("\r\n"))
-            except (OSError, ValueError):
+                if editor is not None:
+                    while True:
+                        requests.get()
+                        lines.put(editor.read(self.console.PROMPT))
+                else:
+                    for line in stdin:
+                        lines.put(line.rstrip("\r\n"))
+            except (EOFError, OSError, ValueError):
                 pass
             lines.put(_EOF)
 
@@ -767,6 +1063,7 @@ class _Chat:
             self.tracker.wait_turn(0, voice=self.voice, timeout=FIRST_MESSAGE_WAIT_S)
         while not self.tracker.ended:
             self.console.waiting_for_input(True)
+            requests.put(None)
             item = lines.get()
             self.console.waiting_for_input(False)
             if item is _ENDED or self.tracker.ended:
@@ -824,12 +1121,18 @@ class _Chat:
 def _run_chat(args: argparse.Namespace) -> int:
     lines = _script_lines(args)
     interactive = lines is None and sys.stdin.isatty()
-    console = _Console(sys.stdout, sys.stderr, prompt=interactive and sys.stdout.isatty())
+    tty = interactive and sys.stdout.isatty()
+    console = _Console(sys.stdout, sys.stderr, prompt=tty)
     if args.private and not args.agent_id:
         raise UsageError("--private needs --agent-id (the built-in simulator's agent is public)")
     if args.record_mic and args.no_voice and not args.input_wav:
         raise UsageError("--record-mic needs voice mode")
-    chat = _Chat(args, console)
+    if args.voice and args.input_wav:
+        raise UsageError("--voice and --input-wav: choose one (--input-wav is voice already)")
+    if tty:
+        history = None if args.no_history else (args.history_file or default_history_file())
+        console.editor = _LineEditor.create(history, console)
+    chat = _Chat(args, console, interactive=tty)
     sim: Any = None
     code = EXIT_OK
     try:
@@ -843,8 +1146,12 @@ def _run_chat(args: argparse.Namespace) -> int:
             where = "private agent, signed URL" if requires_auth else "public agent"
             console.line(f"[connecting to {agent_id} at {args.base_url} ({where})]")
         else:
-            from elevenconv.testing._simulator import DEFAULT_AGENT_ID, AgentSimulator
-
+            try:
+                from elevenconv.testing._simulator import DEFAULT_AGENT_ID, AgentSimulator
+            except ImportError as exc:
+                raise ChatError(
+                    _missing_dependency(exc, "the built-in simulator (no --agent-id)")
+                ) from None
             sim = AgentSimulator(
                 audio_realtime_factor=args.sim_realtime_factor or None,
                 tts=args.sim_tts,
@@ -862,12 +1169,15 @@ def _run_chat(args: argparse.Namespace) -> int:
         else:
             chat.run_interactive(sys.stdin, scripted=not interactive)
     except KeyboardInterrupt:
+        console.close()
         console.line("[interrupted]")
         code = EXIT_INTERRUPTED
     except (ChatError, ElevenConvError) as exc:
+        console.close()
         console.error(f"elevenconv: {exc}")
         code = EXIT_ERROR
     finally:
+        console.close()
         try:
             if chat.conv is not None:
                 chat.conv.end_session()
@@ -889,6 +1199,8 @@ def _run_chat(args: argparse.Namespace) -> int:
         except ElevenConvError as exc:
             console.error(f"elevenconv: {exc}")
             code = code or EXIT_ERROR
+        finally:
+            console.restore()
     return code
 
 
@@ -897,7 +1209,49 @@ def _run_chat(args: argparse.Namespace) -> int:
 # ======================================================================================
 
 
-def _run_simulate(args: argparse.Namespace) -> int:
+def _run_simulate(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``elevenconv simulate``: its options and its code live in
+    :mod:`elevenconv.testing._cli`, imported only now (it needs the simulator's
+    dependencies, which ``chat --agent-id`` and ``devices`` do not)."""
+    simulate_cli: Any
+    try:
+        simulate_cli = importlib.import_module("elevenconv.testing._cli")
+    except ImportError as exc:
+        if exc.name != "elevenconv.testing._cli":
+            print(
+                f"elevenconv simulate: {_missing_dependency(exc, 'the simulator')}",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
+        simulate_cli = None
+    parser = argparse.ArgumentParser(
+        prog="elevenconv simulate",
+        description=_SIMULATE_DESCRIPTION,
+        parents=[_common_options()],
+    )
+    if simulate_cli is None:  # pragma: no cover - until elevenconv.testing._cli lands
+        _legacy_simulate_arguments(parser)
+        return _legacy_simulate(parser.parse_args(argv))
+    simulate_cli.add_simulate_arguments(parser)
+    sim_args = parser.parse_args(argv)
+    for name in ("log_level", "verbose"):  # given before "simulate": keep them
+        if not hasattr(sim_args, name) and hasattr(args, name):
+            setattr(sim_args, name, getattr(args, name))
+    _configure_logging(sim_args)
+    code: int = simulate_cli.run_simulate(sim_args)
+    return code
+
+
+def _legacy_simulate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any)")
+    parser.add_argument("--api-key", default="sim-api-key", help="the key it accepts")
+    parser.add_argument("--realtime-factor", type=float, default=1.0, help="audio pace")
+    parser.add_argument("--tts", choices=("auto", "espeak", "tone"), default="auto")
+    parser.add_argument("--ping-interval", type=float, default=5.0, help="seconds (0: none)")
+
+
+def _legacy_simulate(args: argparse.Namespace) -> int:
     from elevenconv.testing._simulator import serve_forever
 
     serve_forever(
@@ -919,7 +1273,7 @@ def _run_devices(_args: argparse.Namespace) -> int:
         with _quiet_stderr():  # PortAudio's probing prints ALSA/JACK noise there
             devices = list_devices()
     except ImportError as exc:
-        print(f"elevenconv: cannot list sound devices: {exc}", file=sys.stderr)
+        print(f"elevenconv: {_missing_dependency(exc, 'elevenconv devices')}", file=sys.stderr)
         return EXIT_ERROR
     except AudioError as exc:
         print(f"elevenconv: {exc}", file=sys.stderr)
@@ -957,8 +1311,14 @@ def _positive(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of the ``elevenconv`` command."""
+_SIMULATE_DESCRIPTION = (
+    "Run the built-in agent simulator until Ctrl+C or SIGTERM, for other programs (your "
+    "tests, a web front end) to connect to. Connect with ElevenLabsClient(base_url=...)."
+)
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """--log-level and -v, accepted before and after the subcommand."""
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: accepted before or after the subcommand without one overwriting the other.
     common.add_argument(
@@ -975,6 +1335,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="more logging: -v INFO, -vv DEBUG",
     )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the ``elevenconv`` command (``simulate`` takes its own
+    options, parsed by :func:`_run_simulate`)."""
+    common = _common_options()
     parser = argparse.ArgumentParser(
         prog="elevenconv",
         description="Talk to ElevenLabs agents (or the built-in simulator) from the terminal.",
@@ -1013,8 +1380,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=_positive, default=15.0, help="seconds to connect (default 15)"
     )
     audio = chat.add_argument_group("audio")
-    audio.add_argument(
+    voice = audio.add_mutually_exclusive_group()
+    voice.add_argument(
         "--no-voice", action="store_true", help="text only, even with a sound device"
+    )
+    voice.add_argument(
+        "--voice",
+        action="store_true",
+        help="voice, or an error saying why not (default: voice when a sound device is there)",
+    )
+    audio.add_argument(
+        "--no-echo-cancellation",
+        action="store_true",
+        help="turn off echo cancellation (default: on in voice mode when installed; "
+        "headphones do not need it)",
     )
     audio.add_argument("--input-device", type=int, help="PortAudio input device index")
     audio.add_argument("--output-device", type=int, help="PortAudio output device index")
@@ -1036,6 +1415,15 @@ def build_parser() -> argparse.ArgumentParser:
         "speak too, so there is audio to save)",
     )
     audio.add_argument("--record-mic", metavar="FILE.wav", help="save the microphone to a WAV file")
+    typing = chat.add_argument_group("interactive")
+    typing.add_argument(
+        "--history-file",
+        metavar="FILE",
+        help="where the typed lines are kept (default: $XDG_STATE_HOME/elevenconv/chat_history)",
+    )
+    typing.add_argument(
+        "--no-history", action="store_true", help="keep no history of what you type"
+    )
     run = chat.add_argument_group("non-interactive")
     turns = run.add_mutually_exclusive_group()
     turns.add_argument(
@@ -1073,22 +1461,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = sub.add_parser(
         "simulate",
-        parents=[common],
-        help="run the agent simulator for other programs to connect to",
-        description="Run the built-in agent simulator until Ctrl+C. Connect with "
-        "ElevenLabsClient(base_url=...) and agent id sim-agent.",
-    )
-    simulate.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
-    simulate.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any)")
-    simulate.add_argument(
-        "--api-key", default="sim-api-key", help="the key its get-signed-url accepts"
-    )
-    simulate.add_argument(
-        "--realtime-factor", type=float, default=1.0, help="audio pace (0: as fast as possible)"
-    )
-    simulate.add_argument("--tts", choices=("auto", "espeak", "tone"), default="auto")
-    simulate.add_argument(
-        "--ping-interval", type=float, default=5.0, help="seconds between pings (0: none)"
+        add_help=False,  # its options, --help included, are parsed by _run_simulate
+        help="run the agent simulator for other programs to connect to (simulate --help)",
+        description=_SIMULATE_DESCRIPTION,
     )
     simulate.set_defaults(handler=_run_simulate)
 
@@ -1118,17 +1493,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``elevenconv`` command with ``argv`` (default ``sys.argv[1:]``); return
     the exit status (see the module docstring)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    _configure_logging(args)
-    handler: Callable[[argparse.Namespace], int] = args.handler
     try:
+        if args.command == "simulate":
+            return _run_simulate(args, rest)
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        _configure_logging(args)
+        handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
     except UsageError as exc:
         print(f"elevenconv {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ImportError as exc:  # a missing optional dependency: one line, no traceback
+        print(f"elevenconv {args.command}: {_missing_dependency(exc, 'this')}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 

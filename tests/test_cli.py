@@ -28,7 +28,8 @@ from tests.conftest import scaled
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "elevenconv"]
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+TITLE = re.compile(r"\x1b\]0;([^\x07]*)\x07")
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -44,7 +45,13 @@ class Output:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.text = ""
+        self.raw = ""  # as written, escape sequences included
         self._pos = 0
+
+    @property
+    def titles(self) -> list[str]:
+        """The terminal titles set so far (the CLI's live status line)."""
+        return TITLE.findall(self.raw)
 
     def _read(self, timeout: float) -> bool:
         ready, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
@@ -56,7 +63,9 @@ class Output:
             return False
         if not data:
             return False
-        self.text += ANSI.sub("", data.decode("utf-8", "replace").replace("\r", ""))
+        decoded = data.decode("utf-8", "replace")
+        self.raw += decoded
+        self.text += ANSI.sub("", decoded.replace("\r", ""))
         return True
 
     def expect(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
@@ -126,42 +135,102 @@ def spawn_cli(*args: str) -> Iterator[tuple[subprocess.Popen[bytes], Output]]:
         proc.stdout.close()
 
 
-@pytest.mark.timeout(60)
-def test_interactive_text_chat_in_a_pty() -> None:
-    """Greeting, a typed question, the time tool, /feedback, /quit -> exit 0, nothing left."""
+@contextlib.contextmanager
+def pty_cli(*args: str, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], Output, int]]:
+    """The CLI on a pseudo-terminal (TERM=xterm): yields the process, its output, the master fd."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [*CLI, "chat", "--no-voice"],
+        [*CLI, *args],
         stdin=slave,
         stdout=slave,
         stderr=slave,
         cwd=REPO,
-        env=_env(TERM="xterm"),
+        env=_env(TERM="xterm", **env),
         start_new_session=True,
     )
     os.close(slave)
-    out = Output(master)
     try:
-        out.expect(r"agent: Hello! I'm the simulated agent")
-        out.expect(r"you> ")
-        os.write(master, b"hello, who are you?\n")
-        out.expect(r"agent: Hello there! You can ask me about time")
-        os.write(master, b"what time is it?\n")
-        now = out.expect(r"\[tool\] get_current_time\(\) -> (\d\d:\d\d)").group(1)
-        out.expect(rf"agent: The time is {now}\.")
-        os.write(master, b"/feedback like\n")
-        out.expect(r"\[feedback sent: like\]")
-        os.write(master, b"/quit\n")
-        out.expect(r"\[conversation ended\]")
-        assert proc.wait(scaled(15)) == 0
-        text = out.drain(1)
-        assert "Traceback" not in text
-        _no_processes_left(proc.pid)
+        yield proc, Output(master), master
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         os.close(master)
+
+
+UP = b"\x1b[A"  # the up-arrow key
+
+
+@pytest.mark.timeout(60)
+def test_interactive_text_chat_in_a_pty(tmp_path: Path) -> None:
+    """Greeting, a typed question, the time tool, /feedback, /quit -> exit 0, nothing left;
+    the live status is in the terminal title."""
+    with pty_cli("chat", "--no-voice", XDG_STATE_HOME=str(tmp_path)) as (proc, out, master):
+        out.expect(r"agent: Hello! I'm the simulated agent")
+        out.expect(r"you> ")
+        os.write(master, b"hello, who are you?\n")
+        out.expect(r"agent: Hello there! You can ask me about time")
+        os.write(master, b"what time is it?\n")
+        call = out.expect(r"\[tool call\] get_current_time \{\}")
+        result = out.expect(r"\[tool\] get_current_time\(\) -> (\d\d:\d\d)")
+        assert call.start() < result.start()  # ordered: the call, then its result
+        out.expect(rf"agent: The time is {result.group(1)}\.")
+        os.write(master, b"/feedback like\n")
+        out.expect(r"\[feedback sent: like\]")
+        os.write(master, b"/status\n")
+        out.expect(r"\[conversation conv_\w+\] \[listening\]")
+        assert out.titles[0] == "elevenconv: connected | listening"
+        os.write(master, b"/quit\n")
+        out.expect(r"\[conversation ended\]")
+        assert proc.wait(scaled(15)) == 0
+        out.drain(1)
+        assert "Traceback" not in out.text
+        assert out.titles[-1] == "elevenconv: ended"
+        assert out.raw.endswith("\x1b[23;0t")  # the user's own title is restored
+        _no_processes_left(proc.pid)
+
+
+@pytest.mark.timeout(60)
+def test_line_editing_and_history_across_sessions(tmp_path: Path) -> None:
+    """Arrow keys recall earlier lines (readline), also from the previous session's
+    history file; the file is private to the user; --no-history keeps none."""
+    history = tmp_path / "elevenconv" / "chat_history"
+    history.parent.mkdir()
+    history.write_text("what time is it?\n")
+    with pty_cli("chat", "--no-voice", XDG_STATE_HOME=str(tmp_path)) as (proc, out, master):
+        out.expect(r"agent: Hello! I'm the simulated agent")
+        out.expect(r"you> ")
+        os.write(master, UP)  # the previous session's last line
+        out.expect(r"what time is it\?")
+        os.write(master, b"\n")
+        out.expect(r"\[tool\] get_current_time\(\) -> \d\d:\d\d")
+        out.expect(r"agent: The time is")
+        out.expect(r"you> ")
+        # Edit the recalled line: up, erase "it?" with three backspaces, type "now?".
+        os.write(master, UP + b"\x7f\x7f\x7fnow?\n")
+        out.expect(r"agent: The time is")  # "what time is now?" still asks for the time
+        os.write(master, b"bye\n")
+        out.expect(r"\[the agent ended the call")
+        assert proc.wait(scaled(15)) == 0
+        out.drain(1)
+        # No prompt after the end: the last prompt was erased, none drawn again.
+        tail = out.raw[out.raw.rindex("[the agent ended the call") :]
+        assert "you> " not in tail
+    kept = history.read_text().splitlines()
+    assert kept[0] == "what time is it?"
+    assert kept[-2:] == ["what time is now?", "bye"]
+    assert history.stat().st_mode & 0o077 == 0
+
+    with pty_cli("chat", "--no-voice", "--no-history", XDG_STATE_HOME=str(tmp_path / "none")) as (
+        proc,
+        out,
+        master,
+    ):
+        out.expect(r"you> ")
+        os.write(master, b"bye\n")
+        out.expect(r"\[the agent ended the call")
+        assert proc.wait(scaled(15)) == 0
+    assert not (tmp_path / "none").exists()
 
 
 @pytest.mark.timeout(60)
@@ -254,7 +323,7 @@ def test_simulate_prints_its_url_serves_clients_and_stops_on_sigint() -> None:
         proc,
         out,
     ):
-        base_url = out.expect(r"simulator on (http://127\.0\.0\.1:\d+)").group(1)
+        base_url = out.expect(r"simulator .*?(http://127\.0\.0\.1:\d+)").group(1)
         out.expect(r"websocket: ws://127\.0\.0\.1:\d+/v1/convai/conversation\?agent_id=sim-agent")
 
         # A Conversation in this process connects to it.
