@@ -1,10 +1,16 @@
 """Audio format conversion between the Agents wire formats and the device format.
 
 Pure code: no threads, no I/O, no clocks. An :class:`~elevenconv._audio.AudioInterface`
-always speaks PCM16 little-endian mono at 16 kHz; the server announces one of
-:data:`AUDIO_FORMATS` for its output (``agent_output_audio_format``) and expects one for
-the user's microphone (``user_input_audio_format``). :class:`AgentAudioDecoder` and
-:class:`UserAudioEncoder` convert between the two, chunk by chunk.
+always speaks PCM16 little-endian mono at 16 kHz; the server announces a wire format
+(the contract lists :data:`AUDIO_FORMATS`) for its output (``agent_output_audio_format``)
+and expects one for the user's microphone (``user_input_audio_format``).
+:class:`AgentAudioDecoder` and :class:`UserAudioEncoder` convert between the two, chunk
+by chunk.
+
+Supported wire formats: ``pcm_<rate>`` (16-bit PCM at any rate from 8 kHz to 192 kHz, so
+a rate the server adds later, such as ``pcm_32000``, works without a release) and
+``ulaw_8000``. :func:`check_audio_format` rejects anything else at once, with a
+:class:`~elevenconv.errors.ConfigurationError` naming the format and what is supported.
 
 Resampling is done by libsoxr (``soxr.ResampleStream``) on numpy arrays. Both are
 optional dependencies and are imported on first use only, so ``pcm_16000`` passthrough
@@ -19,7 +25,9 @@ one thread that feeds it (typically the Conversation's audio thread), and ``rese
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -36,10 +44,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUDIO_FORMATS",
+    "MAX_PCM_RATE",
+    "MIN_PCM_RATE",
     "AgentAudioDecoder",
     "AudioFormat",
     "PcmResampler",
     "UserAudioEncoder",
+    "check_audio_format",
     "parse_audio_format",
     "scale_pcm16",
     "ulaw_decode",
@@ -51,6 +62,21 @@ __all__ = [
 # G.711 mu-law, 8 bits per sample.
 #: The device side of every conversion (see :mod:`elevenconv._audio`).
 _DEVICE_RATE = 16000
+
+log = logging.getLogger(__name__)
+
+#: Sample rates accepted in ``pcm_<rate>``: libsoxr converts any rate; the bounds (telephony
+#: to studio rates) only reject nonsense (a typo, a 0) with a clear error before a session.
+MIN_PCM_RATE = 8000
+MAX_PCM_RATE = 192000
+
+# ``pcm_<rate>`` with a canonical decimal rate (no sign, no leading zero); ``ulaw_8000``.
+_FORMAT_RE = re.compile(r"(pcm)_([1-9][0-9]{0,6})|(ulaw)_(8000)")
+
+_SUPPORTED = (
+    f"pcm_<rate> (16-bit PCM at {MIN_PCM_RATE} to {MAX_PCM_RATE} Hz, e.g. "
+    f"{', '.join(f for f in AUDIO_FORMATS if f.startswith('pcm_'))}) or ulaw_8000"
+)
 
 _QUALITIES = ("QQ", "LQ", "MQ", "HQ", "VHQ")
 
@@ -73,7 +99,7 @@ class AudioFormat:
     Fields:
         encoding: ``"pcm"`` (16-bit signed little-endian) or ``"ulaw"`` (G.711 mu-law).
         sample_rate: samples per second, mono.
-        name: the protocol name, e.g. ``"pcm_44100"`` (one of :data:`AUDIO_FORMATS`).
+        name: the protocol name, e.g. ``"pcm_44100"``.
 
     Build one with :func:`parse_audio_format`.
     """
@@ -86,19 +112,37 @@ class AudioFormat:
 def parse_audio_format(name: str) -> AudioFormat:
     """Return the :class:`AudioFormat` for a protocol format name such as ``"ulaw_8000"``.
 
-    Pure; any thread. Raises :class:`~elevenconv.errors.ConfigurationError` (a
-    ``ValueError``) if ``name`` is not one of :data:`AUDIO_FORMATS`; the message lists them.
+    Accepts ``pcm_<rate>`` for any rate from :data:`MIN_PCM_RATE` to :data:`MAX_PCM_RATE`
+    (every name of :data:`AUDIO_FORMATS`, and rates the contract does not list yet) and
+    ``ulaw_8000``. Pure; any thread. Raises :class:`~elevenconv.errors.ConfigurationError`
+    (a ``ValueError``) for anything else; the message names ``name`` and what is supported.
     """
-    if not isinstance(name, str) or name not in AUDIO_FORMATS:
+    match = _FORMAT_RE.fullmatch(name) if isinstance(name, str) else None
+    if match is None:
         raise ConfigurationError(
-            f"unknown audio format {name!r}: expected one of {', '.join(AUDIO_FORMATS)}"
+            f"unsupported audio format {name!r}: elevenconv supports {_SUPPORTED}"
         )
-    encoding, _, rate = name.partition("_")
-    return AudioFormat(
-        encoding="ulaw" if encoding == "ulaw" else "pcm",
-        sample_rate=int(rate),
-        name=name,
-    )
+    if match[1]:
+        rate = int(match[2])
+        if not MIN_PCM_RATE <= rate <= MAX_PCM_RATE:
+            raise ConfigurationError(
+                f"unsupported audio format {name!r}: the sample rate is outside "
+                f"{MIN_PCM_RATE} to {MAX_PCM_RATE} Hz; elevenconv supports {_SUPPORTED}"
+            )
+        return AudioFormat(encoding="pcm", sample_rate=rate, name=name)
+    return AudioFormat(encoding="ulaw", sample_rate=8000, name=name)
+
+
+def check_audio_format(name: str) -> AudioFormat:
+    """Check a format the server announced: its :class:`AudioFormat`, or
+    :class:`~elevenconv.errors.ConfigurationError` naming it and what is supported.
+
+    The same as :func:`parse_audio_format`, under the name the session code uses when the
+    metadata arrives, so that an unknown codec fails ``start_session()`` at once. Checks
+    the name only: missing numpy/soxr are reported when a decoder or encoder is created.
+    Pure; any thread.
+    """
+    return parse_audio_format(name)
 
 
 def _as_format(fmt: str | AudioFormat) -> AudioFormat:
@@ -369,8 +413,8 @@ class PcmResampler:
 
 
 class AgentAudioDecoder:
-    """Streaming conversion of the agent's audio (any of :data:`AUDIO_FORMATS`) to the
-    device format, PCM16 little-endian mono 16 kHz.
+    """Streaming conversion of the agent's audio (any supported format, see
+    :func:`parse_audio_format`) to the device format, PCM16 little-endian mono 16 kHz.
 
     ``pcm_16000`` is a passthrough (the same bytes object comes back). ``ulaw_8000`` is
     decoded then upsampled; other PCM rates are resampled. Not thread-safe: feed it from
@@ -378,7 +422,7 @@ class AgentAudioDecoder:
     """
 
     def __init__(self, fmt: str | AudioFormat) -> None:
-        """Create a decoder for ``fmt`` (a name from :data:`AUDIO_FORMATS` or an AudioFormat).
+        """Create a decoder for ``fmt`` (a format name or an :class:`AudioFormat`).
 
         Raises :class:`~elevenconv.errors.ConfigurationError` for an unknown format and
         :class:`~elevenconv.errors.AudioError` if the conversion needs numpy/soxr and
@@ -388,6 +432,8 @@ class AgentAudioDecoder:
         if self.format.encoding == "ulaw":
             _import_numpy(f"decoding {self.format.name}")
         self._resampler = PcmResampler(self.format.sample_rate, _DEVICE_RATE)
+        if not self.passthrough:
+            log.debug("agent audio: %s converted to pcm_16000 for the device", self.format.name)
 
     def decode(self, data: bytes) -> bytes:
         """Convert the next chunk of server audio; return the PCM16 16 kHz that is ready.
@@ -431,7 +477,7 @@ class UserAudioEncoder:
     """
 
     def __init__(self, fmt: str | AudioFormat) -> None:
-        """Create an encoder to ``fmt`` (a name from :data:`AUDIO_FORMATS` or an AudioFormat).
+        """Create an encoder to ``fmt`` (a format name or an :class:`AudioFormat`).
 
         Raises :class:`~elevenconv.errors.ConfigurationError` for an unknown format and
         :class:`~elevenconv.errors.AudioError` if the conversion needs numpy/soxr and
@@ -441,6 +487,8 @@ class UserAudioEncoder:
         if self.format.encoding == "ulaw":
             self._np: Any = _import_numpy(f"encoding {self.format.name}")
         self._resampler = PcmResampler(_DEVICE_RATE, self.format.sample_rate)
+        if self.format.name != "pcm_16000":
+            log.debug("microphone audio: pcm_16000 converted to %s", self.format.name)
 
     def encode(self, pcm: bytes) -> bytes:
         """Convert the next microphone chunk; return the encoded audio that is ready.

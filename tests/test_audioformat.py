@@ -14,10 +14,13 @@ from hypothesis import strategies as st
 
 from elevenconv._audioformat import (
     AUDIO_FORMATS,
+    MAX_PCM_RATE,
+    MIN_PCM_RATE,
     AgentAudioDecoder,
     AudioFormat,
     PcmResampler,
     UserAudioEncoder,
+    check_audio_format,
     parse_audio_format,
     scale_pcm16,
     ulaw_decode,
@@ -111,17 +114,54 @@ def test_parse_audio_format(name: str) -> None:
     assert fmt == AudioFormat(encoding=encoding, sample_rate=int(rate), name=name)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("bad", ["mp3_44100", "pcm_12345", "PCM_16000", "", "pcm", "ulaw_16000"])
-def test_unknown_format_raises_configuration_error_listing_valid_ones(bad: str) -> None:
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "mp3_44100",
+        "opus_48000",
+        "PCM_16000",
+        "",
+        "pcm",
+        "pcm_",
+        "ulaw_16000",
+        "pcm_0",
+        "pcm_016000",
+        "pcm_-16000",
+        "pcm_16000 ",
+        "pcm_16k",
+        "pcm_7999",
+        "pcm_192001",
+        "pcm_1",
+        "pcm_99999999",
+        None,
+        16000,
+    ],
+)
+def test_unsupported_format_raises_configuration_error_naming_it_and_what_works(
+    bad: object,
+) -> None:
     with pytest.raises(ConfigurationError) as info:
-        parse_audio_format(bad)
+        parse_audio_format(bad)  # type: ignore[arg-type]
+    message = str(info.value)
     assert isinstance(info.value, ValueError)
-    for name in AUDIO_FORMATS:
-        assert name in str(info.value)
-    with pytest.raises(ConfigurationError):
-        AgentAudioDecoder(bad)
-    with pytest.raises(ConfigurationError):
-        UserAudioEncoder(bad)
+    assert repr(bad) in message
+    assert "pcm_<rate>" in message and "ulaw_8000" in message
+    assert "8000 to 192000 Hz" in message
+    for exc_source in (check_audio_format, AgentAudioDecoder, UserAudioEncoder):
+        with pytest.raises(ConfigurationError, match="unsupported audio format"):
+            exc_source(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "name", [*AUDIO_FORMATS, "pcm_32000", "pcm_12345", "pcm_96000", "pcm_8000", "pcm_192000"]
+)
+def test_check_audio_format_accepts_every_supported_name(name: str) -> None:
+    assert check_audio_format(name) == parse_audio_format(name)
+
+
+@pytest.mark.parametrize("rate", [MIN_PCM_RATE, 11025, 32000, 96000, MAX_PCM_RATE])
+def test_any_pcm_rate_parses(rate: int) -> None:
+    assert parse_audio_format(f"pcm_{rate}") == AudioFormat("pcm", rate, f"pcm_{rate}")
 
 
 # -- mu-law -----------------------------------------------------------------------------
@@ -246,7 +286,11 @@ def test_resampler_rejects_bad_arguments() -> None:
 # -- every format round-trips -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", AUDIO_FORMATS)
+#: Rates the contract does not list: the server may announce them (issue 8 point 7).
+EXTRA_FORMATS = ("pcm_32000", "pcm_11025", "pcm_96000")
+
+
+@pytest.mark.parametrize("name", [*AUDIO_FORMATS, *EXTRA_FORMATS])
 def test_every_format_round_trips(name: str) -> None:
     fmt = parse_audio_format(name)
     pcm = sine(440, 16000, 1.0)
@@ -269,7 +313,7 @@ def test_every_format_round_trips(name: str) -> None:
     assert amplitude(x) == pytest.approx(10000, rel=0.05)
 
 
-@pytest.mark.parametrize("name", AUDIO_FORMATS)
+@pytest.mark.parametrize("name", [*AUDIO_FORMATS, *EXTRA_FORMATS])
 def test_decoder_converts_server_audio_to_16k(name: str) -> None:
     fmt = parse_audio_format(name)
     server_pcm = sine(1000, fmt.sample_rate, 0.5, amplitude=8000)
