@@ -246,7 +246,7 @@ class VoicePipeline:
         self._encoder: UserAudioEncoder | None = None
         self._capture_open = False
         self._ring_cond = threading.Condition(threading.Lock())
-        self._ring: deque[tuple[bytes, float]] = deque()
+        self._ring: deque[tuple[bytes, float]] = deque()  # (pcm, first sample's time)
         self._ring_bytes = 0
         self._ring_dropped = 0  # written under _ring_cond; logged by the capture thread
         self._capture_stop = False
@@ -745,12 +745,21 @@ class VoicePipeline:
         blocks (the lock only guards a deque append)."""
         if not self._capture_open:
             return
-        now = time.monotonic()
         size = len(pcm)
+        # When its first sample was recorded: the device's own figure (exact stream
+        # times), or else it was complete when it arrived.
+        first_at: float | None = None
+        try:
+            first_at = self.iface.capture_time()
+        except Exception:
+            first_at = None
+        if first_at is None:
+            first_at = time.monotonic() - size / _DEVICE_BYTES_PER_S
         dropped = 0
         if size > MIC_RING_BYTES:  # keep the newest MIC_RING_BYTES (whole samples)
             keep = MIC_RING_BYTES - (size - MIC_RING_BYTES) % 2
             chunk = bytes(memoryview(pcm)[size - keep :])
+            first_at += (size - keep) / _DEVICE_BYTES_PER_S
             dropped = 1
         else:
             chunk = bytes(pcm)
@@ -758,7 +767,7 @@ class VoicePipeline:
             if self._capture_stop:
                 return
             ring = self._ring
-            ring.append((chunk, now))
+            ring.append((chunk, first_at))
             self._ring_bytes += len(chunk)
             while self._ring_bytes > MIC_RING_BYTES:
                 old, _ = ring.popleft()
@@ -781,7 +790,7 @@ class VoicePipeline:
                     cond.wait()
                 if self._capture_stop:
                     return
-                chunk, arrived = ring.popleft()
+                chunk, first_at = ring.popleft()
                 self._ring_bytes -= len(chunk)
                 drops = self._ring_dropped
             if drops != logged_drops:
@@ -793,11 +802,10 @@ class VoicePipeline:
                 logged_drops = drops
             if not self._capture_open:
                 continue
-            # The chunk was complete when it arrived: its first sample is that much older.
             data = carry + chunk if carry else chunk
             usable = len(data) - len(data) % 2
+            first_at -= len(carry) / _DEVICE_BYTES_PER_S
             carry = data[usable:]
-            first_at = arrived - usable / _DEVICE_BYTES_PER_S
             for offset in range(0, usable, MAX_MIC_CHUNK_BYTES):
                 piece = data[offset : min(usable, offset + MAX_MIC_CHUNK_BYTES)]
                 at = first_at + offset / _DEVICE_BYTES_PER_S
