@@ -629,19 +629,19 @@ def _missing_dependency(exc: BaseException, what: str) -> str:
         )
     names = [x.name for x in chain if isinstance(x, ImportError) and x.name]
     module = (names[0] if names else "").partition(".")[0]
-    fix = _PIP_FIXES.get(module, f"pip install {module}" if module else "")
     if not module:
         return f"{what}: {exc}"
-    return f"{what} needs the Python package {module!r}: {fix}"
+    package, fix = _PIP_FIXES.get(module, (module, f"pip install {module}"))
+    return f"{what} needs {package}: {fix}"
 
 
-#: The pip command that brings an optional module, by top-level module name.
-_PIP_FIXES: dict[str, str] = {
-    "pyaudio": 'pip install "elevenconv[audio]"',
-    "numpy": 'pip install "elevenconv[audio]"',
-    "soxr": 'pip install "elevenconv[audio]"',
-    "livekit": 'pip install "elevenconv[audio]"',
-    "websockets": 'pip install "elevenconv[testing]"',
+#: Optional modules: the package that brings each and the pip command that installs it.
+_PIP_FIXES: dict[str, tuple[str, str]] = {
+    "pyaudio": ("PyAudio", 'pip install "elevenconv[audio]"'),
+    "numpy": ("numpy", 'pip install "elevenconv[audio]"'),
+    "soxr": ("soxr", 'pip install "elevenconv[audio]"'),
+    "livekit": ("livekit (echo cancellation)", 'pip install "elevenconv[audio]"'),
+    "websockets": ("websockets", 'pip install "elevenconv[testing]"'),
 }
 
 
@@ -771,9 +771,6 @@ class _Chat:
             if self.args.voice:
                 raise ChatError(f"--voice: {why}")
             self.console.line(f"[text mode: {why}]")
-        options: dict[str, Any] = {}
-        if self.args.no_echo_cancellation:
-            options["echo_cancellation"] = False
         while True:
             self.tap = _MicTap(iface, keep_mic=bool(self.args.record_mic)) if iface else None
             conv = Conversation(
@@ -786,7 +783,8 @@ class _Chat:
                 text_only=None if iface else not self.args.record,
                 start_timeout=self.args.timeout,
                 echo_guard=self.args.echo_guard,
-                **options,
+                # None: on in voice mode when installed (the library logs which).
+                echo_cancellation=False if self.args.no_echo_cancellation else None,
             )
             self.voice = iface is not None
             self.attach(conv)
@@ -1213,25 +1211,16 @@ def _run_simulate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """``elevenconv simulate``: its options and its code live in
     :mod:`elevenconv.testing._cli`, imported only now (it needs the simulator's
     dependencies, which ``chat --agent-id`` and ``devices`` do not)."""
-    simulate_cli: Any
     try:
-        simulate_cli = importlib.import_module("elevenconv.testing._cli")
+        simulate_cli: Any = importlib.import_module("elevenconv.testing._cli")
     except ImportError as exc:
-        if exc.name != "elevenconv.testing._cli":
-            print(
-                f"elevenconv simulate: {_missing_dependency(exc, 'the simulator')}",
-                file=sys.stderr,
-            )
-            return EXIT_ERROR
-        simulate_cli = None
+        print(f"elevenconv simulate: {_missing_dependency(exc, 'the simulator')}", file=sys.stderr)
+        return EXIT_ERROR
     parser = argparse.ArgumentParser(
         prog="elevenconv simulate",
         description=_SIMULATE_DESCRIPTION,
         parents=[_common_options()],
     )
-    if simulate_cli is None:  # pragma: no cover - until elevenconv.testing._cli lands
-        _legacy_simulate_arguments(parser)
-        return _legacy_simulate(parser.parse_args(argv))
     simulate_cli.add_simulate_arguments(parser)
     sim_args = parser.parse_args(argv)
     for name in ("log_level", "verbose"):  # given before "simulate": keep them
@@ -1242,30 +1231,6 @@ def _run_simulate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return code
 
 
-def _legacy_simulate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any)")
-    parser.add_argument("--api-key", default="sim-api-key", help="the key it accepts")
-    parser.add_argument("--realtime-factor", type=float, default=1.0, help="audio pace")
-    parser.add_argument("--tts", choices=("auto", "espeak", "tone"), default="auto")
-    parser.add_argument("--ping-interval", type=float, default=5.0, help="seconds (0: none)")
-
-
-def _legacy_simulate(args: argparse.Namespace) -> int:
-    from elevenconv.testing._simulator import serve_forever
-
-    serve_forever(
-        args.port,
-        args.host,
-        api_key=args.api_key,
-        ping_interval=args.ping_interval or None,
-        audio_realtime_factor=args.realtime_factor or None,
-        tts=args.tts,
-    )
-    print("[simulator stopped]", flush=True)
-    return EXIT_OK
-
-
 def _run_devices(_args: argparse.Namespace) -> int:
     try:
         from elevenconv._pyaudio_interface import list_devices
@@ -1273,7 +1238,10 @@ def _run_devices(_args: argparse.Namespace) -> int:
         with _quiet_stderr():  # PortAudio's probing prints ALSA/JACK noise there
             devices = list_devices()
     except ImportError as exc:
-        print(f"elevenconv: {_missing_dependency(exc, 'elevenconv devices')}", file=sys.stderr)
+        print(
+            f"elevenconv devices: {_missing_dependency(exc, 'listing sound devices')}",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     except AudioError as exc:
         print(f"elevenconv: {exc}", file=sys.stderr)

@@ -355,7 +355,7 @@ def test_simulate_prints_its_url_serves_clients_and_stops_on_sigint() -> None:
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(scaled(15)) == 0
-        assert "[simulator stopped]" in out.drain(2)
+        assert "[simulator stopped" in out.drain(2)
         _no_processes_left(proc.pid)
 
 
@@ -398,17 +398,90 @@ def test_voice_without_a_sound_card_through_input_wav(tmp_path: Path) -> None:
     assert _rms(recorded_mic[:32000]) > 1000
 
 
-@pytest.mark.timeout(30)
-def test_devices_without_pyaudio_says_how_to_install() -> None:
-    code = (
-        "import sys; sys.modules['pyaudio'] = None\n"
-        "from elevenconv.cli import main; raise SystemExit(main(['devices']))"
+AUDIO_EXTRA = 'pip install "elevenconv[audio]"'
+
+
+def run_cli_without(
+    missing: str, *args: str, pythonpath: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The CLI in a Python where importing ``missing`` fails ("" = nothing blocked)."""
+    block = f"sys.modules[{missing!r}] = None; " if missing else ""
+    code = f"import sys; {block}from elevenconv.cli import main; raise SystemExit(main({args!r}))"
+    env = _env(PULSE_SERVER="unix:/nonexistent/elevenconv-no-sound")
+    if pythonpath is not None:
+        env["PYTHONPATH"] = f"{pythonpath}{os.pathsep}{REPO}"
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=scaled(30),
+        cwd=REPO,
+        env=env,
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=scaled(20), cwd=REPO
+
+
+def _one_line(stderr: str) -> str:
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("missing", "args", "code", "expected"),
+    [
+        ("pyaudio", ["devices"], 1, f"listing sound devices needs PyAudio: {AUDIO_EXTRA}"),
+        ("pyaudio", ["chat", "--voice", "--say", "bye"], 1, f"voice needs PyAudio: {AUDIO_EXTRA}"),
+        ("websockets", ["chat", "--no-voice", "--say", "bye"], 1,
+         'simulator (no --agent-id) needs websockets: pip install "elevenconv[testing]"'),
+        ("websockets", ["simulate", "--port", "0"], 2, "elevenconv[testing]"),
+    ],
+)  # fmt: skip
+def test_a_missing_dependency_is_one_line_naming_the_fix(
+    missing: str, args: list[str], code: int, expected: str
+) -> None:
+    done = run_cli_without(missing, *args)
+    assert done.returncode == code, done.stdout + done.stderr
+    assert expected in _one_line(done.stderr)
+
+
+@pytest.mark.timeout(60)
+def test_without_pyaudio_the_chat_falls_back_to_text_and_says_why() -> None:
+    done = run_cli_without("pyaudio", "chat", "--say", "bye")
+    assert done.returncode == 0, done.stderr
+    assert '[text mode: voice needs PyAudio: pip install "elevenconv[audio]"]' in done.stdout
+    assert "agent: Goodbye!" in done.stdout
+
+
+@pytest.mark.timeout(60)
+def test_portaudio_library_missing_at_run_time_names_the_system_package(tmp_path: Path) -> None:
+    """PyAudio installed, libportaudio.so.2 not: what `import pyaudio` then raises."""
+    fake = tmp_path / "pyaudio"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "raise ImportError('libportaudio.so.2: cannot open shared object file: "
+        "No such file or directory', name='pyaudio._portaudio')\n"
     )
+    for args in (["devices"], ["chat", "--voice", "--say", "bye"]):
+        done = run_cli_without("", *args, pythonpath=tmp_path)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "apt-get install libportaudio2" in _one_line(done.stderr)
+    text = run_cli_without("", "chat", "--say", "bye", pythonpath=tmp_path)
+    assert text.returncode == 0, text.stderr
+    assert "[text mode: voice needs the PortAudio library: apt-get install libportaudio2" in (
+        text.stdout
+    )
+
+
+@pytest.mark.timeout(60)
+def test_voice_insists_on_voice() -> None:
+    """--voice with no sound system: an error saying why, not a text chat."""
+    done = run_cli_without("", "chat", "--voice", "--say", "bye")
     assert done.returncode == 1
-    assert "PyAudio" in done.stderr and "portaudio" in done.stderr.lower()
+    assert "--voice: no " in _one_line(done.stderr)
+    assert "agent:" not in done.stdout
+    assert run_cli("chat", "--voice", "--no-voice").returncode == 2
 
 
 @pytest.mark.audio
