@@ -765,3 +765,163 @@ def test_the_real_canceller_is_used_by_default_and_keeps_the_stream_length(
 # ======================================================================================
 # The real device: DefaultAudioInterface on the PulseAudio test server
 # ======================================================================================
+
+
+class TimedHooks(FakeHooks):
+    """FakeHooks that also note when each event was posted (monotonic)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    def post(self, event: str, *args: Any) -> None:
+        with self.cond:
+            self.times.append(time.monotonic())
+        super().post(event, *args)
+
+    def time_of(self, event: str, args: tuple[Any, ...]) -> float:
+        with self.cond:
+            for (name, a), t in zip(self.events, self.times, strict=True):
+                if name == event and a == args:
+                    return t
+        raise LookupError(event)
+
+
+@pytest.fixture
+def real_pipeline(sound_server: Any) -> Iterator[Callable[..., tuple[VoicePipeline, TimedHooks]]]:
+    """``make(**kwargs)`` -> (pipeline, hooks) on a fresh DefaultAudioInterface, running."""
+    from elevenconv import DefaultAudioInterface
+
+    stack: list[Any] = []
+
+    def make_real(**kwargs: Any) -> tuple[VoicePipeline, TimedHooks]:
+        hooks = TimedHooks()
+        kwargs.setdefault("echo_cancellation", False)
+        pipeline = VoicePipeline(DefaultAudioInterface(), hooks, stats={}, **kwargs)
+        ctx = running(pipeline, drain=kwargs.pop("drain", False))
+        ctx.__enter__()
+        stack.append(ctx)
+        return pipeline, hooks
+
+    yield make_real
+    for ctx in stack:
+        ctx.__exit__(None, None, None)
+
+
+@pytest.mark.audio
+@pytest.mark.timeout(60)
+def test_real_device_plays_resampled_audio_intact_with_the_device_mode(
+    real_pipeline: Callable[..., tuple[VoicePipeline, TimedHooks]],
+) -> None:
+    from tests.fixtures_sound import SpeakerCapture, as_array, chirp
+    from tests.test_voice_conversation import DEVICE_TAIL_S, best_alignment, spans
+
+    with SpeakerCapture() as cap:
+        assert cap.wait_recording(scaled(5))
+        pipeline, hooks = real_pipeline(output_format="pcm_24000")
+        wire = chirp(200, 3000, 1.0, amplitude=0.5, rate=24000)
+        for offset in range(0, len(wire), 9600):  # 0.2 s chunks
+            pipeline.feed(audio_event(wire[offset : offset + 9600]))
+        hooks.wait_for(lambda: len(hooks.of("mode_change")) == 2, timeout=10)
+        assert cap.wait_until(time.monotonic() + DEVICE_TAIL_S, scaled(5))
+    captured = as_array(cap.pcm)
+    _, ncc = best_alignment(captured, as_array(chirp(200, 3000, 1.0, amplitude=0.5)))
+    found = spans(captured)
+    print(f"\n[pipeline, real device] correlation {ncc:.5f}, spans {found}")
+    assert len(found) == 1
+    assert (found[0][1] - found[0][0]) / 16000 == pytest.approx(1.0, rel=0.02)
+    assert ncc > 0.98
+    assert hooks.of("mode_change") == [("speaking",), ("listening",)]
+
+
+@pytest.mark.audio
+@pytest.mark.timeout(60)
+def test_real_device_interruption_silences_within_one_buffer(
+    real_pipeline: Callable[..., tuple[VoicePipeline, TimedHooks]],
+) -> None:
+    from tests.fixtures_sound import SpeakerCapture, as_array, tone
+    from tests.test_voice_conversation import BUFFER_S, DEVICE_TAIL_S, SLACK_S, spans
+
+    with SpeakerCapture() as cap:
+        assert cap.wait_recording(scaled(5))
+        pipeline, hooks = real_pipeline()
+        wire = tone(1000, 3.0, amplitude=0.5)
+        for offset in range(0, len(wire), 8000):
+            pipeline.feed(audio_event(wire[offset : offset + 8000]))
+        hooks.wait_for(lambda: hooks.of("mode_change") == [("speaking",)])
+        t_play = hooks.time_of("mode_change", ("speaking",))  # first buffer handed over
+        assert cap.wait_until(t_play + 1.0, scaled(5))
+        t_interrupt = time.monotonic()
+        hooks.watermark = 2
+        pipeline.on_interruption()  # as the reader does: returns at once
+        returned = time.monotonic() - t_interrupt
+        assert cap.wait_until(time.monotonic() + DEVICE_TAIL_S, scaled(5))
+    found = spans(as_array(cap.pcm))
+    assert len(found) == 1, found
+    onset, silence = found[0]
+    anchored = (silence - onset) / 16000 - (t_interrupt - t_play)
+    print(
+        f"\n[pipeline, real device] on_interruption() returned in {returned * 1e6:.0f} us; "
+        f"speaker silent {anchored * 1000:.1f} ms after it (beyond the device latency)"
+    )
+    assert anchored <= BUFFER_S + SLACK_S
+    assert pipeline.iface.output_queued_s == 0.0  # type: ignore[attr-defined]
+
+
+@pytest.mark.audio
+@pytest.mark.timeout(60)
+def test_real_microphone_reaches_send_audio_encoded_and_timed(
+    real_pipeline: Callable[..., tuple[VoicePipeline, TimedHooks]],
+) -> None:
+    import numpy as np
+
+    from tests.fixtures_sound import dominant_frequency, play_into_mic, tone
+
+    pipeline, hooks = real_pipeline(input_format="pcm_8000")
+    hooks.wait_for(lambda: bool(hooks.sent))  # the microphone stream runs
+    n_before = len(hooks.sent)
+    with play_into_mic(tone(1000, 1.0, amplitude=0.5)) as playback:
+        assert playback.wait(scaled(10)) == 0
+    hooks.wait_for(lambda: len(hooks.sent) >= n_before + 8)
+    with hooks.cond:
+        sent = list(hooks.sent)
+    samples = np.frombuffer(b"".join(c for c, _ in sent), dtype="<i2").astype(np.float64)
+    loud = samples[np.abs(samples) > 3000]
+    times = [t for _, t in sent]
+    gaps = np.diff(times)
+    print(
+        f"\n[pipeline, real mic] {len(sent)} chunks of {sorted({len(c) for c, _ in sent})} B, "
+        f"captured_at steps {gaps.min() * 1000:.1f}..{gaps.max() * 1000:.1f} ms, "
+        f"{len(loud) / 8000:.2f} s loud"
+    )
+    # 250 ms at 8 kHz is 4000 B; the resampler's output varies a little chunk to chunk.
+    assert np.mean([len(c) for c, _ in sent[1:]]) == pytest.approx(4000, rel=0.15)
+    assert all(t < time.monotonic() for t in times)
+    assert gaps.min() == pytest.approx(0.25, abs=0.02)  # the stream times, in step
+    assert dominant_frequency(samples, rate=8000) == pytest.approx(1000, abs=10)
+    assert pipeline.stats["dropped_capture_chunks"] == 0
+
+
+@pytest.mark.audio
+@pytest.mark.timeout(60)
+def test_real_device_is_freed_by_stop_and_late_mic_chunks_are_ignored(sound_server: Any) -> None:
+    from elevenconv import DefaultAudioInterface
+
+    def streams() -> tuple[str, str]:
+        return (
+            sound_server.pactl("list", "short", "sink-inputs"),
+            sound_server.pactl("list", "short", "source-outputs"),
+        )
+
+    before = streams()
+    hooks = FakeHooks()
+    iface = DefaultAudioInterface()
+    pipeline = VoicePipeline(iface, hooks, stats={}, echo_cancellation=None)
+    with running(pipeline):
+        assert streams() != before
+        hooks.wait_for(lambda: bool(hooks.sent))
+        assert pipeline.echo_cancellation_active  # the real engine, on by default
+    n_sent = len(hooks.sent)
+    pipeline._on_mic_chunk(bytes(8000))  # a chunk delivered after stop()
+    assert len(hooks.sent) == n_sent
+    assert streams() == before
