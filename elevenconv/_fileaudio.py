@@ -6,20 +6,27 @@ into a microphone, and records the agent's audio to a WAV file. No sound hardwar
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import logging
 import os
 import threading
 import time
 import wave
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from elevenconv._audio import CHANNELS, SAMPLE_RATE, SAMPLE_WIDTH, AudioInterface
 from elevenconv._audioformat import PcmResampler
 from elevenconv.errors import AudioError, ConfigurationError
 
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
 __all__ = ["WavFileAudioInterface", "read_wav_pcm16_16k", "write_wav_pcm16"]
 
-logger = logging.getLogger("elevenconv")
+log = logging.getLogger(__name__)
 
 #: How long :meth:`WavFileAudioInterface.stop` waits for the input thread.
 _JOIN_TIMEOUT = 5.0
@@ -90,6 +97,38 @@ def write_wav_pcm16(path: str | os.PathLike[str], pcm: bytes, rate: int = SAMPLE
         raise AudioError(f"cannot write WAV file {os.fspath(path)!r}: {exc}") from exc
 
 
+class _WholeWriteFile(io.FileIO):
+    """The unbuffered file under the recording's ``wave.Wave_write``: each write lands
+    whole or not at all.
+
+    A failed write (disk full, quota, I/O error) is truncated away before the error is
+    re-raised, so the file always holds exactly the header plus the frames the writer
+    counted, and ``Wave_write.close()`` can patch a header that matches the bytes on disk.
+    Unbuffered, so an error surfaces in the ``output()`` call that caused it, not at some
+    later flush.
+    """
+
+    def write(self, b: ReadableBuffer, /) -> int:
+        view = memoryview(b).cast("B")
+        start = self.tell()
+        done = 0
+        try:
+            while done < len(view):
+                n = super().write(view[done:])
+                if not n:  # a regular file never does this; do not spin if one does
+                    raise OSError(errno.EIO, "write made no progress")
+                done += n
+        except BaseException:
+            if done:
+                try:
+                    self.truncate(start)
+                    self.seek(start)
+                except OSError:  # pragma: no cover -- shrinking a file needs no space
+                    log.debug("could not truncate a partial write", exc_info=True)
+            raise
+        return done
+
+
 class WavFileAudioInterface(AudioInterface):
     """An :class:`~elevenconv._audio.AudioInterface` backed by WAV files.
 
@@ -104,8 +143,12 @@ class WavFileAudioInterface(AudioInterface):
     :attr:`input_finished` is set once the whole file has been fed the first time.
 
     Output: :meth:`output` appends the agent's audio to the WAV at ``output_path``, which
-    is created in :meth:`start` and finalised in :meth:`stop`. Audio arriving before
-    :meth:`start` or after :meth:`stop` is dropped.
+    is created (with its header) in :meth:`start` and finalised in :meth:`stop`. Audio
+    arriving before :meth:`start` or after :meth:`stop` is dropped. A write error (disk
+    full, ...) raises :class:`~elevenconv.errors.AudioError` from that :meth:`output` call
+    and ends the recording at once: the WAV is finalised and stays a valid file of
+    everything written before the failed chunk; later audio is dropped and
+    :attr:`write_error` keeps the error.
 
     With neither path it is a silent device that records nothing. One instance runs once:
     :meth:`start` after :meth:`stop` raises.
@@ -154,7 +197,14 @@ class WavFileAudioInterface(AudioInterface):
         # Guards the output file and the odd byte of a split sample.
         self._output_lock = threading.Lock()
         self._writer: wave.Wave_write | None = None
+        self._file: _WholeWriteFile | None = None
         self._output_carry = b""
+        self._write_error: AudioError | None = None
+
+    @property
+    def write_error(self) -> AudioError | None:
+        """The error that ended the recording early, or ``None``."""
+        return self._write_error
 
     # -- AudioInterface ---------------------------------------------------------------
 
@@ -169,16 +219,7 @@ class WavFileAudioInterface(AudioInterface):
             raise AudioError("WavFileAudioInterface.start() called twice; create a new one")
         self._started = True
         if self.output_path is not None:
-            try:
-                # Not a context manager: the file stays open until stop().
-                writer = wave.open(self.output_path, "wb")  # noqa: SIM115
-            except (OSError, wave.Error) as exc:
-                raise AudioError(f"cannot create WAV file {self.output_path!r}: {exc}") from exc
-            writer.setnchannels(CHANNELS)
-            writer.setsampwidth(SAMPLE_WIDTH)
-            writer.setframerate(SAMPLE_RATE)
-            with self._output_lock:
-                self._writer = writer
+            self._open_output(self.output_path)
         if self.input_path is None:
             self.input_finished.set()
             return
@@ -193,38 +234,37 @@ class WavFileAudioInterface(AudioInterface):
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop feeding input, join the input thread, and finalise the output WAV.
+        """Stop feeding input, finalise the output WAV, and join the input thread.
 
-        Idempotent; returns within about 5 s even if ``input_callback`` is stuck (that is
-        logged as an error and the daemon thread is abandoned). Safe to call from inside
-        ``input_callback`` (the thread does not join itself). Raises
-        :class:`~elevenconv.errors.AudioError` if the output file cannot be finalised.
+        Idempotent. The WAV is finalised first and always (its file closed even if that
+        fails); the input thread is then joined for at most about 5 s, so ``stop()``
+        returns even if ``input_callback`` is stuck (logged as an error; the daemon thread
+        is abandoned). Safe to call from inside ``input_callback`` (the thread does not
+        join itself). Raises :class:`~elevenconv.errors.AudioError` if the output file
+        cannot be finalised.
         """
         self._stop_event.set()
+        with self._output_lock:
+            error = self._close_output()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(_JOIN_TIMEOUT)
             if thread.is_alive():
-                logger.error(
+                log.error(
                     "%s still running %.1f s after stop(): input_callback is blocking",
                     thread.name,
                     _JOIN_TIMEOUT,
                 )
-        with self._output_lock:
-            writer, self._writer = self._writer, None
-            self._output_carry = b""
-        if writer is not None:
-            try:
-                writer.close()  # patches the RIFF and data sizes into the header
-            except (OSError, wave.Error) as exc:
-                raise AudioError(f"cannot finalise WAV file {self.output_path!r}: {exc}") from exc
+        if error is not None:
+            raise AudioError(f"cannot finalise WAV file {self.output_path!r}: {error}") from error
 
     def output(self, audio: bytes) -> None:
         """Append ``audio`` (PCM16 mono 16 kHz) to the output WAV and return.
 
         Any thread. A sample split across two calls is joined. Without ``output_path``,
-        or outside start()..stop(), the audio is dropped. Raises
-        :class:`~elevenconv.errors.AudioError` if the write fails (disk full, ...).
+        outside start()..stop(), or after a write error, the audio is dropped. Raises
+        :class:`~elevenconv.errors.AudioError` if the write fails (disk full, ...): the
+        recording then ends, its WAV finalised with everything written before this chunk.
         """
         with self._output_lock:
             if self._writer is None:
@@ -239,7 +279,63 @@ class WavFileAudioInterface(AudioInterface):
                 # writeframesraw: no header rewrite per chunk; close() fixes the sizes.
                 self._writer.writeframesraw(audio)
             except (OSError, wave.Error) as exc:
-                raise AudioError(f"cannot write WAV file {self.output_path!r}: {exc}") from exc
+                written = self._writer.getnframes() / SAMPLE_RATE
+                close_error = self._close_output()
+                message = (
+                    f"cannot write WAV file {self.output_path!r}: {exc}; the recording "
+                    f"stopped and the file keeps the {written:.2f} s written before"
+                )
+                if close_error is not None:
+                    message += f" (but finalising it failed too: {close_error})"
+                else:
+                    message += " (finalised, valid WAV)"
+                self._write_error = AudioError(message + "; free some space or choose another path")
+                raise self._write_error from exc
+
+    # -- output file --------------------------------------------------------------------
+
+    def _open_output(self, path: str) -> None:
+        """Create the WAV and write its header now, so a full disk or a bad path fails
+        start(), and a file exists (empty but valid) from the first moment."""
+        try:
+            file = _WholeWriteFile(path, "w")
+        except OSError as exc:
+            raise AudioError(f"cannot create WAV file {path!r}: {exc}") from exc
+        writer = wave.open(file, "wb")  # noqa: SIM115 -- open until stop()
+        try:
+            writer.setnchannels(CHANNELS)
+            writer.setsampwidth(SAMPLE_WIDTH)
+            writer.setframerate(SAMPLE_RATE)
+            writer.writeframesraw(b"")  # writes the header
+        except (OSError, wave.Error) as exc:
+            # close() the writer too, or its __del__ would try the header again later.
+            with contextlib.suppress(OSError, wave.Error):
+                writer.close()
+            with contextlib.suppress(OSError):
+                file.truncate(0)  # no half header (fails harmlessly on a device)
+            file.close()
+            raise AudioError(f"cannot create WAV file {path!r}: {exc}") from exc
+        with self._output_lock:
+            self._writer, self._file = writer, file
+
+    def _close_output(self) -> BaseException | None:
+        """Finalise the header and close the file (under the output lock); the error of
+        finalising, if any. The file is closed whatever happens."""
+        writer, self._writer = self._writer, None
+        file, self._file = self._file, None
+        self._output_carry = b""
+        error: BaseException | None = None
+        if writer is not None:
+            try:
+                writer.close()  # patches the RIFF and data sizes into the header
+            except (OSError, wave.Error) as exc:
+                error = exc
+        if file is not None:
+            try:
+                file.close()
+            except OSError as exc:
+                error = error or exc
+        return error
 
     def interrupt(self) -> None:
         """Do nothing: there is no playback queue, every chunk is already in the file.
@@ -272,7 +368,7 @@ class WavFileAudioInterface(AudioInterface):
         except Exception:
             # The contract says input_callback never raises; if it does, the feed ends
             # and the traceback goes to the log instead of vanishing with the thread.
-            logger.exception("input_callback raised; stopped feeding %s", self.input_path)
+            log.exception("input_callback raised; stopped feeding %s", self.input_path)
 
     def _feed_bytes(self, input_callback: Callable[[bytes], None], pcm: bytes) -> bool:
         """Feed ``pcm`` in ``chunk_ms`` chunks; ``False`` if stop() interrupted it."""

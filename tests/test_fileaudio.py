@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
 import wave
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -297,3 +301,132 @@ def test_input_and_output_together(tmp_path: Path) -> None:
     finally:
         device.stop()
     assert read_wav_pcm16_16k(out) == pcm
+
+
+# -- write errors ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs, mounted for the test (as root: CI runs as root), to fill up."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill needs root (CI runs as root)")
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount_point)],
+        check=True,
+        timeout=30,
+    )
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True, timeout=30)
+
+
+def valid_wav_frames(path: Path) -> bytes:
+    """The frames of a WAV whose header matches the file size exactly."""
+    with wave.open(str(path), "rb") as wav:
+        assert (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 16000)
+        frames = wav.readframes(wav.getnframes())
+        assert len(frames) == 2 * wav.getnframes()
+    assert path.stat().st_size == 44 + len(frames), "the header matches the data on disk"
+    return frames
+
+
+@pytest.mark.timeout(30)
+def test_disk_full_raises_audio_error_and_leaves_a_valid_wav(tiny_fs: Path) -> None:
+    out = tiny_fs / "out.wav"
+    device = WavFileAudioInterface(output_path=out)
+    device.start(Recorder())
+    assert valid_wav_frames(out) == b"", "the header is on disk from start()"
+    pcm = sine(440, 16000, 5.0).tobytes()  # 160 KB: more than the file system holds
+    chunk = 3333  # odd: samples split across chunks too
+    written = b""
+
+    def fill() -> None:
+        nonlocal written
+        for offset in range(0, len(pcm), chunk):
+            device.output(pcm[offset : offset + chunk])
+            written = pcm[: offset + chunk - (offset + chunk) % 2]
+
+    with pytest.raises(AudioError) as info:
+        fill()
+    message = str(info.value)
+    assert "No space left on device" in message
+    assert str(out) in message
+    assert "finalised, valid WAV" in message
+    assert device.write_error is info.value
+    # The recording is over: later audio is dropped quietly, stop() still works.
+    device.output(pcm[:3200])
+    device.stop()
+    device.stop()
+    frames = valid_wav_frames(out)
+    assert len(frames) > 32_000, "most of the space was used"
+    assert frames == written, "exactly the chunks before the failed one"
+
+
+def test_an_output_file_that_cannot_take_its_header_fails_start() -> None:
+    # /dev/full: every write fails with ENOSPC.
+    device = WavFileAudioInterface(output_path="/dev/full")
+    with pytest.raises(AudioError, match=r"cannot create WAV file '/dev/full'.*No space left"):
+        device.start(Recorder())
+    device.output(b"\x00\x00")  # nothing open: dropped
+    device.stop()
+
+
+def test_an_output_path_that_cannot_be_created_fails_start(tmp_path: Path) -> None:
+    device = WavFileAudioInterface(output_path=tmp_path / "missing-dir" / "out.wav")
+    with pytest.raises(AudioError, match="cannot create WAV file"):
+        device.start(Recorder())
+    device.stop()
+
+
+def test_stop_closes_the_file_even_if_finalising_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from elevenconv import _fileaudio
+
+    device = WavFileAudioInterface(output_path=tmp_path / "out.wav")
+    device.start(Recorder())
+    device.output(b"\x01\x00" * 100)
+    opened = device._file
+    assert opened is not None
+
+    def broken_seek(self: Any, *args: Any) -> int:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(_fileaudio._WholeWriteFile, "seek", broken_seek)
+    with pytest.raises(AudioError, match=r"cannot finalise WAV file.*Input/output error"):
+        device.stop()
+    assert opened.closed
+    device.stop()  # idempotent, nothing left to finalise
+
+
+def test_stop_finalises_the_wav_even_when_the_input_callback_is_stuck(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from elevenconv import _fileaudio
+
+    monkeypatch.setattr(_fileaudio, "_JOIN_TIMEOUT", 0.2)
+    write_wav_pcm16(tmp_path / "in.wav", sine(440, 16000, 1.0).tobytes())
+    out = tmp_path / "out.wav"
+    device = WavFileAudioInterface(tmp_path / "in.wav", out, realtime=False)
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck(chunk: bytes) -> None:
+        entered.set()
+        release.wait(scaled(10))
+
+    device.start(stuck)
+    try:
+        assert entered.wait(scaled(10))
+        device.output(b"\x02\x00" * 50)
+        device.stop()
+        assert valid_wav_frames(out) == b"\x02\x00" * 50
+        assert "input_callback is blocking" in caplog.text
+    finally:
+        release.set()
+        thread = device._thread
+        assert thread is not None
+        thread.join(scaled(10))
