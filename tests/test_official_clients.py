@@ -32,6 +32,7 @@ from tests.fixtures_official import (
     VOICE_GREETING,
     assert_clean,
     kinds,
+    run_node,
     speech_seconds,
     wav_pcm,
 )
@@ -295,4 +296,241 @@ def test_python_sdk_voice_barge_in(
     assert not session.text_only
     assert session.responses[0].interrupted
     assert session.interruptions == [session.responses[0].event_id]
+    assert_clean(sim, contract)
+
+
+# ==========================================================================================
+# The Node SDK (@elevenlabs/elevenlabs-js)
+# ==========================================================================================
+
+
+def node_sdk(js_dir: Path, sim: AgentSimulator, scenario: str, **params: Any) -> dict[str, Any]:
+    return run_node(
+        js_dir,
+        "node_sdk.mjs",
+        {"scenario": scenario, "baseUrl": sim.base_url, "apiKey": sim.api_key, **params},
+    )
+
+
+def test_node_sdk_text_scenarios(
+    official_sim: AgentSimulator, contract: Contract, js_dir: Path
+) -> None:
+    sim = official_sim
+    out = node_sdk(js_dir, sim, "text", agentId="sim-agent")
+    assert out["greeting"] == DEFAULT_FIRST_MESSAGE
+    assert out["reply"].startswith("Hello there!")
+    assert out["toolParams"]["tool_call_id"].startswith("sim_tool_")
+    assert "12:34" in out["toolReply"]
+    assert "look at these" in out["multimodalReply"]
+    assert out["goodbye"] == GOODBYE
+    assert out["ended"]["code"] == 1000
+    assert out["errors"] == []
+    ended = sim.wait_for_session_end(scaled(5))
+    assert ended.conversation_id == out["conversationId"]
+    assert (ended.close_code, ended.closed_by, ended.source) == (1000, "server", "js_sdk")
+    assert ended.text_only
+    assert ended.contextual_updates == ["The user opened the pricing page."]
+    assert ended.user_activity_count == 1
+    assert sim.messages_from_client("multimodal_message")[0]["files"] == [
+        {"type": "file_input", "file_id": "file_a"},
+        {"type": "file_input", "file_id": "file_b"},
+    ]
+    assert [m["result"] for m in sim.messages_from_client("client_tool_result")] == ["12:34"]
+    assert "pong" in kinds(sim, "in")
+    assert_clean(sim, contract)
+
+
+def test_node_sdk_voice_barge_in(
+    official_sim: AgentSimulator, contract: Contract, js_dir: Path, speech_wav: Path
+) -> None:
+    sim = official_sim
+    out = node_sdk(js_dir, sim, "voice", agentId=VOICE_AGENT, speechWav=str(speech_wav))
+    assert out["greeting"] == VOICE_GREETING
+    assert out["correction"]["original"] == VOICE_GREETING
+    assert out["correction"]["corrected"].endswith("...")
+    match = SPOKEN_RE.match(out["transcript"])
+    assert match, out["transcript"]
+    assert float(match[1]) == pytest.approx(speech_seconds(wav_pcm(speech_wav)), abs=0.3)
+    assert out["reply"].startswith(f"You said: {out['transcript']}")
+    assert out["playedBeforeReply"] > 0
+    assert out["played"] >= out["playedBeforeReply"] + 32000
+    session = sim.wait_for_session_end(scaled(5))
+    assert not session.text_only
+    assert session.responses[0].interrupted
+    assert session.closed_by == "client"
+    assert_clean(sim, contract)
+
+
+def test_node_sdk_signed_url_for_a_private_agent(
+    official_sim: AgentSimulator, contract: Contract, js_dir: Path
+) -> None:
+    sim = official_sim
+    out = node_sdk(js_dir, sim, "signed", agentId=PRIVATE_AGENT)
+    assert out["greeting"] == DEFAULT_FIRST_MESSAGE
+    assert out["reply"].startswith("Hello there!")
+    session = sim.wait_for_session_end(scaled(5))
+    assert (session.agent_id, session.signed, session.closed_by) == (PRIVATE_AGENT, True, "client")
+    assert [r.status for r in sim.http_requests] == [200, 101]
+    assert_clean(sim, contract)
+
+
+def test_node_sdk_bad_api_key_gets_401(official_sim: AgentSimulator, js_dir: Path) -> None:
+    sim = official_sim
+    out = node_sdk(js_dir, sim, "bad_key", agentId=PRIVATE_AGENT)
+    assert out["statusCode"] == 401
+    assert out["body"]["detail"]["status"] == "invalid_api_key"
+    assert not sim.sessions
+
+
+# ==========================================================================================
+# The browser client (@elevenlabs/client) in headless Chromium
+# ==========================================================================================
+
+
+def browser(
+    js_dir: Path,
+    chromium: str,
+    page_url: str,
+    sim: AgentSimulator,
+    scenario: str,
+    *,
+    fake_audio: Path | None = None,
+    **params: Any,
+) -> dict[str, Any]:
+    """Run one page scenario in a fresh headless Chromium; return what the page saw."""
+    out = run_node(
+        js_dir,
+        "browser.mjs",
+        {
+            "chromium": chromium,
+            "pageUrl": page_url,
+            "scenario": scenario,
+            "fakeAudio": str(fake_audio) if fake_audio else None,
+            "params": {
+                "wsOrigin": sim.base_url.replace("http://", "ws://"),
+                "apiOrigin": sim.base_url,
+                **params,
+            },
+        },
+        timeout=90,
+    )
+    assert out["pageErrors"] == [], out
+    result: dict[str, Any] = out["result"]
+    result["console"] = out["console"]
+    return result
+
+
+def test_browser_text_scenarios(
+    official_sim: AgentSimulator, contract: Contract, js_dir: Path, chromium: str, page_url: str
+) -> None:
+    """Text mode over WebSocket: connect (the ``convai`` subprotocol), greeting, reply,
+    client tool, feedback, contextual update, user activity, multimodal message, and the
+    agent's ``end_call``. The page is served from another origin than the simulator."""
+    sim = official_sim
+    out = browser(js_dir, chromium, page_url, sim, "text", agentId="sim-agent")
+    assert out["greeting"] == DEFAULT_FIRST_MESSAGE
+    assert out["reply"].startswith("Hello there!")
+    assert out["toolParams"] == {}
+    assert "12:34" in out["toolReply"]
+    assert "look at these" in out["multimodalReply"]
+    assert out["goodbye"] == GOODBYE
+    assert out["disconnect"]["reason"] == "agent"
+    assert out["pings"] > 0
+    assert out["errors"] == []
+    session = sim.wait_for_session_end(scaled(5))
+    assert session.conversation_id == out["conversationId"]
+    assert session.subprotocol == "convai"
+    assert "pong" in kinds(sim, "in")
+    assert session.source == "js_sdk"
+    assert (session.close_code, session.closed_by) == (1000, "server")
+    assert session.text_only
+    assert [f["score"] for f in sim.messages_from_client("feedback")] == ["like"]
+    assert session.contextual_updates == ["The user opened the pricing page."]
+    assert session.user_activity_count == 1
+    assert sim.messages_from_client("multimodal_message")[0]["files"] == [
+        {"type": "file_input", "file_id": "file_a"},
+        {"type": "file_input", "file_id": "file_b"},
+    ]
+    assert [m["result"] for m in sim.messages_from_client("client_tool_result")] == ["12:34"]
+    handshake = next(r for r in sim.http_requests if r.status == 101)
+    assert handshake.headers["origin"] == page_url.rsplit("/", 1)[0]  # another origin
+    assert_clean(sim, contract)
+
+
+def test_browser_signed_url_from_the_back_end(
+    official_sim: AgentSimulator, contract: Contract, js_dir: Path, chromium: str, page_url: str
+) -> None:
+    """A private agent: the page gets a signed URL from its own back end (which holds the
+    API key), connects with it, and the user ends the session."""
+    sim = official_sim
+    out = browser(js_dir, chromium, page_url, sim, "signed", agentId=PRIVATE_AGENT)
+    assert out["greeting"] == DEFAULT_FIRST_MESSAGE
+    assert out["reply"].startswith("Hello there!")
+    assert out["disconnect"]["reason"] == "user"
+    session = sim.wait_for_session_end(scaled(5))
+    assert (session.agent_id, session.signed, session.subprotocol) == (
+        PRIVATE_AGENT,
+        True,
+        "convai",
+    )
+    assert (session.close_code, session.closed_by) == (1000, "client")
+    assert_clean(sim, contract)
+
+
+def test_browser_conversation_token_as_bearer_subprotocol(
+    official_sim: AgentSimulator, contract: Contract, js_dir: Path, chromium: str, page_url: str
+) -> None:
+    """The page fetches a conversation token cross-origin (CORS) and passes it as
+    ``authorization``: the client offers ``bearer.<token>`` next to ``convai``."""
+    sim = official_sim
+    out = browser(js_dir, chromium, page_url, sim, "token", agentId="sim-agent")
+    assert not out["refused"], out
+    assert out["greeting"] == DEFAULT_FIRST_MESSAGE
+    session = sim.wait_for_session_end(scaled(5))
+    assert (session.bearer, session.subprotocol) == (True, "convai")
+    assert_clean(sim, contract)
+
+
+def test_browser_invalid_token_is_refused(
+    official_sim: AgentSimulator, js_dir: Path, chromium: str, page_url: str
+) -> None:
+    sim = official_sim
+    out = browser(js_dir, chromium, page_url, sim, "token", agentId="sim-agent", token="bogus")
+    assert out["refused"], out
+    assert not sim.sessions
+    assert [r.status for r in sim.http_requests] == [403]
+
+
+def test_browser_voice_over_websocket(
+    official_sim: AgentSimulator,
+    contract: Contract,
+    js_dir: Path,
+    chromium: str,
+    page_url: str,
+    browser_speech_wav: Path,
+) -> None:
+    """Voice over WebSocket: Chromium's fake microphone plays a WAV of speech; the
+    simulator hears it, barges in, transcribes "(spoken N s)" and answers; the page gets
+    and plays the agent's audio."""
+    sim = official_sim
+    out = browser(
+        js_dir, chromium, page_url, sim, "voice", fake_audio=browser_speech_wav, agentId=VOICE_AGENT
+    )
+    assert out["greeting"] == VOICE_GREETING
+    assert out["correction"]["original_agent_response"] == VOICE_GREETING
+    assert out["correction"]["corrected_agent_response"].endswith("...")
+    match = SPOKEN_RE.match(out["transcript"])
+    assert match, out["transcript"]
+    # Chromium's audio processing (AGC, noise suppression) may move the edges a little.
+    assert float(match[1]) == pytest.approx(speech_seconds(wav_pcm(browser_speech_wav)), abs=0.5)
+    assert out["reply"].startswith(f"You said: {out['transcript']}")
+    assert out["audioAfterReply"] >= 32000
+    assert out["maxOutputVolume"] > 0, "the agent's audio was not played"
+    assert out["vadScores"] > 0
+    assert out["disconnect"]["reason"] == "user"
+    session = sim.wait_for_session_end(scaled(5))
+    assert not session.text_only
+    assert session.subprotocol == "convai"
+    assert session.responses[0].interrupted
+    assert session.interruptions == [out["interruption"]["event_id"]]
     assert_clean(sim, contract)

@@ -1,0 +1,73 @@
+// Small helpers shared by the node scripts (and the page): an inbox to wait on with a
+// deadline (no sleeps), a WAV reader, the result line.
+
+/** A queue of values; next() resolves with the next one matching, or rejects at the deadline. */
+export class Inbox {
+  constructor(name) {
+    this.name = name;
+    this.items = [];
+    this.all = [];
+    this.waiters = [];
+  }
+
+  push(value) {
+    this.all.push(value);
+    for (const w of this.waiters) {
+      if (w.match(value)) {
+        this.waiters.splice(this.waiters.indexOf(w), 1);
+        clearTimeout(w.timer);
+        w.resolve(value);
+        return;
+      }
+    }
+    this.items.push(value);
+  }
+
+  /** Forget what arrived so far: next() waits for something new. */
+  drain() {
+    this.items.length = 0;
+  }
+
+  next(timeoutMs = 10000, match = () => true, what = "") {
+    const i = this.items.findIndex(match);
+    if (i >= 0) return Promise.resolve(this.items.splice(i, 1)[0]);
+    return new Promise((resolve, reject) => {
+      const w = { match, resolve };
+      w.timer = setTimeout(() => {
+        this.waiters.splice(this.waiters.indexOf(w), 1);
+        reject(new Error(`no ${what || this.name} within ${timeoutMs} ms; seen: ${JSON.stringify(this.all).slice(0, 800)}`));
+      }, timeoutMs);
+      this.waiters.push(w);
+    });
+  }
+}
+
+/** The samples of a PCM16 WAV file's "data" chunk, as a Buffer. */
+export function wavData(buffer) {
+  let offset = 12;
+  while (offset + 8 <= buffer.length) {
+    const id = buffer.toString("ascii", offset, offset + 4);
+    const size = buffer.readUInt32LE(offset + 4);
+    if (id === "data") return buffer.subarray(offset + 8, offset + 8 + size);
+    offset += 8 + size + (size % 2);
+  }
+  throw new Error("no data chunk in the WAV file");
+}
+
+/** Run main(params) and print its result as one JSON line; exit 1 on failure. */
+export async function runMain(main) {
+  const params = JSON.parse(process.argv[2] || "{}");
+  const deadline = setTimeout(() => {
+    console.log(JSON.stringify({ ok: false, error: "script deadline exceeded" }));
+    process.exit(1);
+  }, params.deadlineMs || 60000);
+  try {
+    const result = await main(params);
+    console.log(JSON.stringify({ ok: true, ...result }));
+    clearTimeout(deadline);
+    process.exit(0);
+  } catch (error) {
+    console.log(JSON.stringify({ ok: false, error: String(error && error.stack || error) }));
+    process.exit(1);
+  }
+}
