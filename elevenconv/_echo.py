@@ -24,8 +24,11 @@ back in step by their timestamps, all on the ``time.monotonic()`` clock:
   rest (the room, the device buffers: up to about half a second).
 
 Memory is bounded: at most :attr:`MAX_PENDING` reference chunks wait for the capture
-thread, and at most ``max_reference_s`` of reference audio is kept. The cost is about
-0.2 ms of CPU per 10 ms of audio (see ``benchmarks/echo.py``).
+thread, and at most ``max_reference_s`` of reference audio is kept. The engine costs
+about 0.2 ms of CPU per 10 ms frame on a small VM; while the speaker has been silent for
+:attr:`IDLE_TAIL_S` (the user talking, pauses) it is skipped altogether and the microphone
+passes unchanged (unless noise suppression is on), so a conversation pays for it only
+while the agent speaks and just after (see ``benchmarks/echo.py``).
 
 Threading: one thread (the capture chain's) calls :meth:`process_capture`;
 :meth:`process_reverse` may be called from any thread at the same time.
@@ -82,6 +85,9 @@ class EchoCanceller:
     MAX_PENDING: Final = 256
     #: Timestamp differences up to this are jitter: the reference is taken as contiguous.
     JITTER_S: Final = 0.03
+    #: The engine keeps running this long after the last sound the speaker played (the
+    #: echo's delay and reverberation, with a wide margin); after that it is skipped.
+    IDLE_TAIL_S: Final = 1.0
 
     def __init__(
         self,
@@ -128,7 +134,13 @@ class EchoCanceller:
         self._lead = round(self.lead_s * sample_rate)  # samples
         self._jitter = round(self.JITTER_S * sample_rate)
         self._max_ref = round(max_reference_s * sample_rate)
-        self._delay_ms = round(self.lead_s * 1000)
+        self._tail = round(self.IDLE_TAIL_S * sample_rate)
+        if self.echo_cancellation:
+            # Our feeding emulates a device whose reference is rendered ``lead_s`` after it
+            # is analysed and whose capture is processed as it is recorded. The value is
+            # kept by the engine (AEC3 estimates the true delay itself); setting it per
+            # frame would cost an FFI round trip each time.
+            self._apm.set_stream_delay_ms(round(self.lead_s * 1000))
         # Written by any thread (append is atomic), drained by the capture thread.
         self._pending: collections.deque[tuple[float, bytes]] = collections.deque(
             maxlen=self.MAX_PENDING
@@ -139,12 +151,16 @@ class EchoCanceller:
         self._render_pos: int | None = None  # start of the next frame to feed the engine
         self._cap_carry = b""  # capture samples short of a whole frame
         self._out = bytearray(self._silence)  # processed audio not yet returned
+        # The engine runs for capture/reference positions before this one (see IDLE_TAIL_S).
+        self._active_until: int | None = None
         #: Counters (capture thread): 10 ms frames processed, reference frames fed,
-        #: reference frames fed as silence, reference frames skipped to catch up.
+        #: reference frames fed as silence, reference frames skipped to catch up, capture
+        #: frames passed unprocessed because the speaker was idle.
         self.capture_frames = 0
         self.reference_frames = 0
         self.silent_reference_frames = 0
         self.skipped_reference_frames = 0
+        self.idle_frames = 0
 
     # -- introspection ---------------------------------------------------------------------
 
@@ -240,8 +256,11 @@ class EchoCanceller:
             frame += bytes(self._frame_bytes - len(frame))
         return frame
 
-    def _feed_reference(self, until: int) -> None:
-        """Give the engine every reference frame that starts before ``until`` (positions)."""
+    def _take_reference(self, until: int) -> list[bytes]:
+        """The reference frames that start before ``until`` (a position), in order.
+
+        Notes the last sound in :attr:`_active_until`.
+        """
         if self._render_pos is None:
             self._render_pos = until - self._frame
         behind = (until - self._render_pos) // self._frame
@@ -249,15 +268,19 @@ class EchoCanceller:
             skip = (behind - 1) * self._frame
             self._render_pos += skip
             self.skipped_reference_frames += behind - 1
-        rtc = self._rtc
+        size = self._frame
+        frames = []
         while self._render_pos < until:
-            data = self._reference_frame(self._render_pos)
-            if data is self._silence:
+            pos = self._render_pos
+            data = self._reference_frame(pos)
+            if data is self._silence or data == self._silence:
                 self.silent_reference_frames += 1
-            frame = rtc.AudioFrame(data, self.sample_rate, 1, self._frame)
-            self._apm.process_reverse_stream(frame)
-            self._render_pos += self._frame
+            else:
+                self._active_until = pos + size + self._tail
+            frames.append(data)
+            self._render_pos = pos + size
             self.reference_frames += 1
+        return frames
 
     # -- the near end ----------------------------------------------------------------------
 
@@ -285,13 +308,20 @@ class EchoCanceller:
         full = len(data) - len(data) % frame_bytes
         for offset in range(0, full, frame_bytes):
             frame_pos = start + offset // 2
+            self.capture_frames += 1
             if self.echo_cancellation:
-                self._feed_reference(frame_pos + size + self._lead)
-                apm.set_stream_delay_ms(self._delay_ms)
+                # Both streams skip the same steps, so the engine sees them in step.
+                references = self._take_reference(frame_pos + size + self._lead)
+                idle = self._active_until is None or frame_pos >= self._active_until
+                if idle and not self.noise_suppression:
+                    self._out += data[offset : offset + frame_bytes]
+                    self.idle_frames += 1
+                    continue
+                for reference in references:
+                    apm.process_reverse_stream(rtc.AudioFrame(reference, rate, 1, size))
             frame = rtc.AudioFrame(data[offset : offset + frame_bytes], rate, 1, size)
             apm.process_stream(frame)
             self._out += frame.data.cast("B")
-            self.capture_frames += 1
         self._cap_carry = data[full:]
         out = bytes(self._out[: len(pcm)])
         del self._out[: len(pcm)]

@@ -152,6 +152,24 @@ def test_echo_is_cancelled_with_a_custom_interfaces_coarse_reference() -> None:
     assert db(rms(mic[2 * RATE :]) / rms(result[2 * RATE :])) >= 25
 
 
+def test_engine_rests_while_the_speaker_is_idle_and_resumes_converged() -> None:
+    burst = as_array(speech_like(4, seed=1))
+    pause = np.zeros(3 * RATE)
+    far = np.concatenate([burst, pause, burst])
+    user = np.zeros(len(far))
+    user[5 * RATE : 6 * RATE] = as_array(speech_like(1, seed=8, amplitude=0.3))
+    mic = room_echo(far, 120, -9) + user
+    canceller = EchoCanceller()
+    out = run(canceller, far, mic)
+    # The pause minus the echo tail and IDLE_TAIL_S: the engine was skipped there ...
+    assert canceller.idle_frames >= 150
+    quiet = slice(int(5.6 * RATE), 7 * RATE)
+    assert np.array_equal(out[quiet], mic[quiet])  # ... and the microphone passed as is
+    # ... and it comes back converged: the second burst is cancelled from its start.
+    second = slice(7 * RATE, 8 * RATE)
+    assert db(rms(mic[second]) / rms(out[second])) >= 25
+
+
 def test_memory_is_bounded_whatever_the_feed() -> None:
     canceller = EchoCanceller(max_reference_s=1.0)
     buffer = bytes(2 * REF_CHUNK)
