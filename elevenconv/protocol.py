@@ -17,6 +17,56 @@ agent event that feedback applies to, and the client tool calls awaiting a resul
 The message shapes follow the AsyncAPI contract ``agent.asyncapi.yaml`` of the
 ElevenLabs Agents platform; the test-suite cross-checks them against it.
 
+Events. Each server message class names the :class:`~elevenconv.Conversation` event it
+becomes (``EVENT``) and that event's arguments (``event_args()``); ``message`` (the raw
+dict) is posted for every message as well, known or not. Callback names of the browser
+client ``@elevenlabs/client`` in snake_case:
+
+Event(arguments): when.
+
+* ``user_transcript(text: str)``: the final transcription of what the user said.
+* ``tentative_user_transcript(text: str)``: an in-progress transcription.
+* ``agent_response(text: str)``: the agent's full reply for a turn.
+* ``agent_response_attachments(attachments: tuple[AgentResponseAttachment, ...],
+  event_id: int)``: after ``agent_response``, when the agent attached files (0.22+).
+* ``agent_response_correction(original: str, corrected: str)``: what was really said
+  before a barge-in.
+* ``agent_chat_response_part(text: str, part_type: str)``: streamed text in text-only
+  mode (``start``/``delta``/``stop``).
+* ``agent_reasoning_response_part(text: str, part_type: str)``: streamed reasoning.
+* ``interruption(event_id: int)``: the user barged in.
+* ``conversation_metadata(metadata: ConversationInitiationMetadataEvent)``: the server's
+  metadata (conversation id, audio formats), before ``session_started``.
+* ``asr_initiation_metadata(metadata: Mapping[str, Any])``: speech-recognition set-up.
+* ``client_tool_call(tool_name: str, parameters: dict)``: the agent calls a client tool.
+* ``agent_tool_request(event: AgentToolRequestEvent)``: the agent starts a tool call of
+  any type (client, webhook, system, MCP).
+* ``agent_tool_response(event: AgentToolResponseEvent | AgentToolResponseFullPayloadEvent)``:
+  a tool call finished (``tool_name == "end_call"``: the agent ends the call).
+* ``mcp_tool_call(event: McpToolCallEvent)``: progress of an MCP tool call; in state
+  ``awaiting_approval`` the server waits ``approval_timeout_secs`` for
+  ``mcp_tool_approval_result``.
+* ``mcp_connection_status(integrations: tuple[McpIntegrationStatus, ...])``: the state of
+  the agent's MCP integrations.
+* ``guardrail_triggered()``: a guardrail blocked the agent's output.
+* ``context_usage(event: ContextUsageEvent)``: LLM context-window use after a turn.
+* ``rich_content(event: RichContentEvent)``: a UI component for the client to show.
+* ``agent_typing(is_typing: bool, duration_ms: int | None)``: an external agent types.
+* ``external_agent_connected()`` / ``external_agent_disconnected()``: a human or external
+  agent took over / handed back.
+* ``vad_score(score: float)``: voice activity of the user's audio, 0..1 (when enabled).
+* ``latency_measurement(ping_ms: int | None)``: the server's round-trip estimate, per ping.
+* ``internal_turn_probability(probability: float)``,
+  ``internal_tentative_agent_response(text: str)``: internal, when enabled.
+* ``can_send_feedback_change(can_send_feedback: bool)``: from
+  :meth:`ConversationProtocol.take_feedback_change` (a new unrated agent response, or
+  feedback sent).
+* ``error(exc: ServerError)``: an ``error`` / ``client_error`` message.
+* ``message(message: dict)``: every message, raw, known or not.
+
+``audio`` messages have no ``EVENT``: the Conversation posts ``audio`` with decoded PCM.
+Unknown message types (:class:`UnknownEvent`) reach ``message`` listeners only.
+
 Thread-safety: one :class:`ConversationProtocol` is not locked. The I/O shell
 (:class:`elevenconv.Conversation`) serialises calls that change state.
 """
@@ -26,17 +76,21 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 
 from elevenconv.errors import LocalProtocolError, RemoteProtocolError, ServerError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "AUDIO_FORMATS",
     "AgentChatResponsePartEvent",
     "AgentReasoningResponsePartEvent",
+    "AgentResponseAttachment",
     "AgentResponseCorrectionEvent",
     "AgentResponseEvent",
     "AgentToolRequestEvent",
@@ -59,6 +113,7 @@ __all__ = [
     "InternalTurnProbabilityEvent",
     "InterruptionEvent",
     "McpConnectionStatusEvent",
+    "McpIntegrationStatus",
     "McpToolCallEvent",
     "PingEvent",
     "RichContentEvent",
@@ -96,9 +151,28 @@ class ServerEvent:
     """Base class of every decoded server message.
 
     ``raw`` is the whole decoded JSON object, for fields this version does not model.
+
+    ``EVENT`` is the name of the :class:`~elevenconv.Conversation` event the message is
+    posted as (``None``: internal, such as ``audio`` before decoding, or ``UnknownEvent``,
+    which only reaches ``message`` listeners) and :meth:`event_args` its arguments, so a
+    router can do ``post(ev.EVENT, *ev.event_args())``. See the module's events table.
     """
 
+    EVENT: ClassVar[str | None] = None
+
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def event_args(self) -> tuple[Any, ...]:
+        """The arguments of the ``EVENT`` event (empty for events without any)."""
+        return ()
+
+    def conversation_events(self) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+        """Every ``(event, args)`` this message produces, in order: usually just
+        ``(EVENT, event_args())``; ``agent_response`` with attachments adds
+        ``agent_response_attachments``. Empty when ``EVENT`` is ``None``."""
+        if self.EVENT is None:
+            return ()
+        return ((self.EVENT, self.event_args()),)
 
 
 @dataclass(frozen=True)
@@ -140,33 +214,79 @@ class AudioEvent(ServerEvent):
 class UserTranscriptEvent(ServerEvent):
     """``user_transcript``: the final transcription of what the user said."""
 
+    EVENT: ClassVar[str | None] = "user_transcript"
+
     text: str
     event_id: int
+
+    def event_args(self) -> tuple[Any, ...]:
+        return (self.text,)
 
 
 @dataclass(frozen=True)
 class TentativeUserTranscriptEvent(ServerEvent):
     """``tentative_user_transcript``: an in-progress transcription (may still change)."""
 
+    EVENT: ClassVar[str | None] = "tentative_user_transcript"
+
     text: str
     event_id: int
+
+    def event_args(self) -> tuple[Any, ...]:
+        return (self.text,)
+
+
+@dataclass(frozen=True)
+class AgentResponseAttachment:
+    """A file the agent attached to a reply (``agent_response_event.attachments``).
+
+    ``url`` is where to fetch it, ``name`` its file name, ``mime_type`` its media type
+    when the server says (``None`` otherwise).
+    """
+
+    url: str
+    name: str
+    mime_type: str | None = None
 
 
 @dataclass(frozen=True)
 class AgentResponseEvent(ServerEvent):
-    """``agent_response``: the agent's full text reply for one turn."""
+    """``agent_response``: the agent's full text reply for one turn.
+
+    ``attachments`` are the files the agent attached (contract 0.22+; empty if none).
+    The ``agent_response`` event carries the text only, so existing handlers keep their
+    signature; attachments come as ``agent_response_attachments(attachments, event_id)``
+    (see :meth:`conversation_events`).
+    """
+
+    EVENT: ClassVar[str | None] = "agent_response"
 
     text: str
     event_id: int
+    attachments: tuple[AgentResponseAttachment, ...] = ()
+
+    def event_args(self) -> tuple[Any, ...]:
+        return (self.text,)
+
+    def conversation_events(self) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+        events: tuple[tuple[str, tuple[Any, ...]], ...] = (("agent_response", (self.text,)),)
+        if self.attachments:
+            events += (("agent_response_attachments", (self.attachments, self.event_id)),)
+        return events
 
 
 @dataclass(frozen=True)
 class AgentResponseCorrectionEvent(ServerEvent):
     """``agent_response_correction``: after an interruption, what was actually said."""
 
+    EVENT: ClassVar[str | None] = "agent_response_correction"
+
     original: str
     corrected: str
     event_id: int
+
+    def event_args(self) -> tuple[Any, ...]:
+        return (self.original, self.corrected)
 
 
 @dataclass(frozen=True)
@@ -177,9 +297,14 @@ class AgentChatResponsePartEvent(ServerEvent):
     first and last.
     """
 
+    EVENT: ClassVar[str | None] = "agent_chat_response_part"
+
     text: str
     part_type: PartType
     event_id: int
+
+    def event_args(self) -> tuple[Any, ...]:
+        return (self.text, self.part_type)
 
 
 @dataclass(frozen=True)
@@ -189,25 +314,40 @@ class AgentReasoningResponsePartEvent(ServerEvent):
     Note: the contract types this ``event_id`` as a string, unlike every other one.
     """
 
+    EVENT: ClassVar[str | None] = "agent_reasoning_response_part"
+
     text: str
     part_type: PartType
     event_id: str
+
+    def event_args(self) -> tuple[Any, ...]:
+        return (self.text, self.part_type)
 
 
 @dataclass(frozen=True)
 class InterruptionEvent(ServerEvent):
     """``interruption``: the user barged in; agent audio before ``event_id`` is stale."""
 
+    EVENT: ClassVar[str | None] = "interruption"
+
     event_id: int
+
+    def event_args(self) -> tuple[Any, ...]:
+        return (self.event_id,)
 
 
 @dataclass(frozen=True)
 class ConversationInitiationMetadataEvent(ServerEvent):
     """``conversation_initiation_metadata``: the conversation id and audio formats."""
 
+    EVENT: ClassVar[str | None] = "conversation_metadata"
+
     conversation_id: str
     agent_output_audio_format: str
     user_input_audio_format: str
+
+    def event_args(self) -> tuple[Any, ...]:
+        return (self,)
 
 
 @dataclass(frozen=True)
@@ -218,37 +358,54 @@ class ClientToolCallEvent(ServerEvent):
     field is optional on the wire and defaults to ``True``).
     """
 
+    EVENT: ClassVar[str | None] = "client_tool_call"
+
     tool_name: str
     tool_call_id: str
     parameters: Mapping[str, Any]
     event_id: int
     expects_response: bool = True
 
+    def event_args(self) -> tuple[Any, ...]:
+        return (self.tool_name, dict(self.parameters))
+
 
 @dataclass(frozen=True)
 class RichContentEvent(ServerEvent):
     """``rich_content`` (experimental): a UI component for the client to display."""
+
+    EVENT: ClassVar[str | None] = "rich_content"
 
     rich_content_id: str
     component: str
     props: Mapping[str, Any]
     event_id: int
 
+    def event_args(self) -> tuple[Any, ...]:
+        return (self,)
+
 
 @dataclass(frozen=True)
 class AgentToolRequestEvent(ServerEvent):
     """``agent_tool_request``: the agent started a tool call (client, webhook or MCP)."""
+
+    EVENT: ClassVar[str | None] = "agent_tool_request"
 
     tool_name: str
     tool_call_id: str
     tool_type: str
     event_id: int
 
+    def event_args(self) -> tuple[Any, ...]:
+        return (self,)
+
 
 @dataclass(frozen=True)
 class AgentToolResponseEvent(ServerEvent):
     """``agent_tool_response``: a tool call finished. ``tool_name == "end_call"`` means
     the agent is ending the conversation."""
+
+    EVENT: ClassVar[str | None] = "agent_tool_response"
 
     tool_name: str
     tool_call_id: str
@@ -257,11 +414,16 @@ class AgentToolResponseEvent(ServerEvent):
     is_called: bool
     event_id: int
 
+    def event_args(self) -> tuple[Any, ...]:
+        return (self,)
+
 
 @dataclass(frozen=True)
 class AgentToolResponseFullPayloadEvent(ServerEvent):
     """``agent_tool_response_full_payload``: as :class:`AgentToolResponseEvent`, plus the
     tool's whole result (``truncated`` if it was cut to fit)."""
+
+    EVENT: ClassVar[str | None] = "agent_tool_response"
 
     tool_name: str
     tool_call_id: str
@@ -273,15 +435,22 @@ class AgentToolResponseFullPayloadEvent(ServerEvent):
     is_blocked: bool = False
     truncated: bool = False
 
+    def event_args(self) -> tuple[Any, ...]:
+        return (self,)
+
 
 @dataclass(frozen=True)
 class McpToolCallEvent(ServerEvent):
     """``mcp_tool_call``: progress of a Model Context Protocol tool call.
 
-    ``state`` is ``loading``, ``awaiting_approval`` (answer with
-    ``Conversation.send_mcp_tool_approval``), ``success`` or ``failure``; the other
-    fields of each state are in ``data``.
+    ``state`` is ``loading``, ``awaiting_approval``, ``success`` or ``failure``. Fields of
+    each state: ``approval_timeout_secs`` (awaiting approval: answer within it with
+    ``mcp_tool_approval_result``, see :attr:`awaiting_approval`), ``result`` (success: the
+    MCP content blocks), ``error_message`` (failure); ``None`` in the other states.
+    ``data`` is the whole ``mcp_tool_call`` object.
     """
+
+    EVENT: ClassVar[str | None] = "mcp_tool_call"
 
     service_id: str
     tool_call_id: str
@@ -289,20 +458,56 @@ class McpToolCallEvent(ServerEvent):
     state: str
     parameters: Mapping[str, Any]
     data: Mapping[str, Any]
+    timestamp: str = ""
+    tool_description: str | None = None
+    approval_timeout_secs: int | None = None
+    result: tuple[Mapping[str, Any], ...] | None = None
+    error_message: str | None = None
+
+    @property
+    def awaiting_approval(self) -> bool:
+        """``True`` if the call waits for the client's approval."""
+        return self.state == "awaiting_approval"
+
+    def event_args(self) -> tuple[Any, ...]:
+        return (self,)
+
+
+@dataclass(frozen=True)
+class McpIntegrationStatus:
+    """One MCP integration of ``mcp_connection_status``.
+
+    ``integration_type`` is ``"mcp_server"`` or ``"mcp_integration"``.
+    """
+
+    integration_id: str
+    integration_type: str
+    is_connected: bool
+    tool_count: int = 0
 
 
 @dataclass(frozen=True)
 class McpConnectionStatusEvent(ServerEvent):
-    """``mcp_connection_status``: one dict per MCP integration (id, type, connected, tools)."""
+    """``mcp_connection_status``: the state of each MCP integration of the agent."""
 
-    integrations: tuple[Mapping[str, Any], ...]
+    EVENT: ClassVar[str | None] = "mcp_connection_status"
+
+    integrations: tuple[McpIntegrationStatus, ...]
+
+    def event_args(self) -> tuple[Any, ...]:
+        return (self.integrations,)
 
 
 @dataclass(frozen=True)
 class VadScoreEvent(ServerEvent):
     """``vad_score``: voice activity probability of the user's audio, 0..1."""
 
+    EVENT: ClassVar[str | None] = "vad_score"
+
     score: float
+
+    def event_args(self) -> tuple[Any, ...]:
+        return (self.score,)
 
 
 @dataclass(frozen=True)
@@ -312,62 +517,98 @@ class PingEvent(ServerEvent):
     ``ping_ms`` is the server's estimate of the round trip, ``None`` at first.
     """
 
+    EVENT: ClassVar[str | None] = "latency_measurement"
+
     event_id: int
     ping_ms: int | None = None
+
+    def event_args(self) -> tuple[Any, ...]:
+        return (self.ping_ms,)
 
 
 @dataclass(frozen=True)
 class ContextUsageEvent(ServerEvent):
     """``context_usage``: LLM context-window usage after an agent turn."""
 
+    EVENT: ClassVar[str | None] = "context_usage"
+
     event_id: int
     model: str
     context_tokens: int
     context_limit_tokens: int
+
+    def event_args(self) -> tuple[Any, ...]:
+        return (self,)
 
 
 @dataclass(frozen=True)
 class AsrInitiationMetadataEvent(ServerEvent):
     """``asr_initiation_metadata``: speech-recognition set-up details."""
 
+    EVENT: ClassVar[str | None] = "asr_initiation_metadata"
+
     metadata: Mapping[str, Any]
+
+    def event_args(self) -> tuple[Any, ...]:
+        return (self.metadata,)
 
 
 @dataclass(frozen=True)
 class GuardrailTriggeredEvent(ServerEvent):
     """``guardrail_triggered``: a guardrail fired on the agent's output."""
 
+    EVENT: ClassVar[str | None] = "guardrail_triggered"
+
 
 @dataclass(frozen=True)
 class InternalTurnProbabilityEvent(ServerEvent):
     """``internal_turn_probability`` (internal): turn-taking probability, 0..1."""
 
+    EVENT: ClassVar[str | None] = "internal_turn_probability"
+
     probability: float
+
+    def event_args(self) -> tuple[Any, ...]:
+        return (self.probability,)
 
 
 @dataclass(frozen=True)
 class InternalTentativeAgentResponseEvent(ServerEvent):
     """``internal_tentative_agent_response`` (internal): a draft agent reply."""
 
+    EVENT: ClassVar[str | None] = "internal_tentative_agent_response"
+
     text: str
+
+    def event_args(self) -> tuple[Any, ...]:
+        return (self.text,)
 
 
 @dataclass(frozen=True)
 class AgentTypingEvent(ServerEvent):
     """``agent_typing``: an external agent is (or stopped) typing."""
 
+    EVENT: ClassVar[str | None] = "agent_typing"
+
     is_typing: bool
     duration_ms: int | None = None
+
+    def event_args(self) -> tuple[Any, ...]:
+        return (self.is_typing, self.duration_ms)
 
 
 @dataclass(frozen=True)
 class ExternalAgentConnectedEvent(ServerEvent):
     """``external_agent_connected``: a human/external agent took over."""
 
+    EVENT: ClassVar[str | None] = "external_agent_connected"
+
 
 @dataclass(frozen=True)
 class ExternalAgentDisconnectedEvent(ServerEvent):
     """``external_agent_disconnected``: the AI agent resumed control."""
+
+    EVENT: ClassVar[str | None] = "external_agent_disconnected"
 
 
 @dataclass(frozen=True)
@@ -378,6 +619,8 @@ class ErrorEvent(ServerEvent):
     :meth:`to_exception` gives the :class:`~elevenconv.errors.ServerError` delivered to
     ``error`` listeners; ``message`` is the server's text, verbatim.
     """
+
+    EVENT: ClassVar[str | None] = "error"
 
     code: int | None
     message: str
@@ -395,6 +638,9 @@ class ErrorEvent(ServerEvent):
             reason=self.reason,
             raw=dict(self.raw),
         )
+
+    def event_args(self) -> tuple[Any, ...]:
+        return (self.to_exception(),)
 
 
 @dataclass(frozen=True)
@@ -516,6 +762,21 @@ def _parse_alignment(r: _Reader) -> AudioAlignment | None:
     return AudioAlignment(tuple(chars), tuple(starts), tuple(durs))
 
 
+def _parse_attachments(r: _Reader) -> tuple[AgentResponseAttachment, ...]:
+    items = r.obj.get("attachments")
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        raise RemoteProtocolError(f"{r.path}.attachments must be a list", r.text)
+    out = []
+    for index, item in enumerate(items):
+        a = _Reader(item, f"{r.path}.attachments[{index}]", r.text)
+        out.append(
+            AgentResponseAttachment(a.string("url"), a.string("name"), a.opt_string("mime_type"))
+        )
+    return tuple(out)
+
+
 def _parse_error(r: _Reader) -> ErrorEvent:
     # ``error_event`` per the contract; tolerate older servers that put the fields at
     # the top level (an error must never be lost because of its shape).
@@ -549,7 +810,9 @@ def _parse(msg_type: str, r: _Reader) -> ServerEvent:
         )
     if msg_type == "agent_response":
         e = r.sub("agent_response_event")
-        return AgentResponseEvent(e.string("agent_response"), e.integer("event_id"), raw=raw)
+        return AgentResponseEvent(
+            e.string("agent_response"), e.integer("event_id"), _parse_attachments(e), raw=raw
+        )
     if msg_type == "agent_response_correction":
         e = r.sub("agent_response_correction_event")
         return AgentResponseCorrectionEvent(
@@ -638,22 +901,46 @@ def _parse(msg_type: str, r: _Reader) -> ServerEvent:
         )
     if msg_type == "mcp_tool_call":
         e = r.sub("mcp_tool_call")
+        state = e.string("state")
+        timeout = e.opt_integer("approval_timeout_secs")
+        result = e.obj.get("result")
+        if state == "awaiting_approval" and timeout is None:
+            timeout = 300  # the contract's default
+        if result is not None and (
+            not isinstance(result, list) or not all(isinstance(b, dict) for b in result)
+        ):
+            raise RemoteProtocolError(f"{e.path}.result must be a list of objects", r.text)
         return McpToolCallEvent(
             e.string("service_id"),
             e.string("tool_call_id"),
             e.string("tool_name"),
-            e.string("state"),
+            state,
             e.mapping("parameters", {}),
             e.obj,
+            e.string("timestamp", ""),
+            e.opt_string("tool_description"),
+            timeout,
+            tuple(result) if result is not None else None,
+            e.opt_string("error_message"),
             raw=raw,
         )
     if msg_type == "mcp_connection_status":
-        integrations = r.sub("mcp_connection_status").obj.get("integrations")
-        if not isinstance(integrations, list) or not all(isinstance(i, dict) for i in integrations):
-            raise RemoteProtocolError(
-                "mcp_connection_status.integrations must be a list of objects", r.text
+        e = r.sub("mcp_connection_status")
+        integrations = e.obj.get("integrations")
+        if not isinstance(integrations, list):
+            raise RemoteProtocolError(f"{e.path}.integrations must be a list", r.text)
+        statuses = []
+        for index, item in enumerate(integrations):
+            i = _Reader(item, f"{e.path}.integrations[{index}]", r.text)
+            statuses.append(
+                McpIntegrationStatus(
+                    i.string("integration_id"),
+                    i.string("integration_type"),
+                    i.boolean("is_connected"),
+                    i.integer("tool_count") if "tool_count" in i.obj else 0,
+                )
             )
-        return McpConnectionStatusEvent(tuple(integrations), raw=raw)
+        return McpConnectionStatusEvent(tuple(statuses), raw=raw)
     if msg_type == "vad_score":
         return VadScoreEvent(r.sub("vad_score_event").number("vad_score"), raw=raw)
     if msg_type == "ping":
@@ -825,6 +1112,7 @@ class ConversationProtocol:
         self.last_feedback_event_id: int = 0
         self.last_audio_event_id: int = 0
         self.pending_tool_calls: dict[str, str] = {}
+        self._reported_can_send_feedback = False
 
     # -- receiving ----------------------------------------------------------------------
 
@@ -878,6 +1166,23 @@ class ConversationProtocol:
         elif isinstance(event, ClientToolCallEvent):
             self.pending_tool_calls[event.tool_call_id] = event.tool_name
 
+    @property
+    def can_send_feedback(self) -> bool:
+        """``True`` while the newest agent response is not rated yet (:meth:`feedback`
+        would build a message): turns ``True`` with each new agent response and
+        ``False`` when :meth:`feedback` builds one. See :meth:`take_feedback_change`."""
+        return self.last_agent_event_id > self.last_feedback_event_id
+
+    def take_feedback_change(self) -> bool | None:
+        """The new :attr:`can_send_feedback` if it changed since the last call, else
+        ``None``. Call it after :meth:`receive_text` and :meth:`feedback` and post
+        ``can_send_feedback_change(value)`` when it is not ``None``."""
+        now = self.can_send_feedback
+        if now == self._reported_can_send_feedback:
+            return None
+        self._reported_can_send_feedback = now
+        return now
+
     def is_audio_current(self, event_id: int) -> bool:
         """``False`` if audio of ``event_id`` predates the last interruption (drop it).
 
@@ -928,14 +1233,31 @@ class ConversationProtocol:
         return {"type": "pong", "event_id": event_id}
 
     @staticmethod
-    def user_message(text: str) -> dict[str, Any]:
-        """``user_message``: text the user typed."""
-        return {"type": "user_message", "text": _require_str("text", text)}
+    def user_message(text: str, *, rich_content_id: str | None = None) -> dict[str, Any]:
+        """``user_message``: text the user typed.
+
+        ``rich_content_id``: the ``rich_content`` row whose button the user tapped, when
+        the text comes from such a tap (the text says which button).
+        """
+        message: dict[str, Any] = {"type": "user_message", "text": _require_str("text", text)}
+        if rich_content_id is not None:
+            message["rich_content_id"] = _require_str("rich_content_id", rich_content_id)
+        return message
 
     @staticmethod
-    def contextual_update(text: str) -> dict[str, Any]:
-        """``contextual_update``: background information that does not interrupt the agent."""
-        return {"type": "contextual_update", "text": _require_str("text", text)}
+    def contextual_update(text: str, *, context_id: str | None = None) -> dict[str, Any]:
+        """``contextual_update``: background information that does not interrupt the agent.
+
+        ``context_id``: updates with the same id replace each other in the agent's
+        context (only the newest is kept).
+        """
+        message: dict[str, Any] = {
+            "type": "contextual_update",
+            "text": _require_str("text", text),
+        }
+        if context_id is not None:
+            message["context_id"] = _require_str("context_id", context_id)
+        return message
 
     @staticmethod
     def user_activity() -> dict[str, Any]:
@@ -986,17 +1308,33 @@ class ConversationProtocol:
         }
 
     @staticmethod
-    def multimodal_message(text: str | None = None, file_id: str | None = None) -> dict[str, Any]:
-        """``multimodal_message``: text and/or an uploaded file's id.
+    def multimodal_message(
+        text: str | None = None,
+        file_id: str | None = None,
+        file_ids: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """``multimodal_message``: text and/or uploaded files' ids.
 
-        The contract nests the text as a ``user_message`` object and the file as a
-        ``file_input`` object.
+        The contract nests the text as a ``user_message`` object and each file as a
+        ``file_input`` object. Like the official clients, ``files`` lists every file and
+        ``file`` repeats the first (for servers older than contract 0.22). ``file_ids``
+        lists the files; ``file_id`` alone means one file (given both, ``file_id`` comes
+        first unless ``file_ids`` already has it).
         """
-        if text is None and file_id is None:
-            raise LocalProtocolError("a multimodal message needs text, file_id or both")
+        if isinstance(file_ids, str):
+            raise LocalProtocolError("file_ids must be a list of str, not a str")
+        ids = [_require_str("file_ids item", i) for i in (file_ids or ())]
+        if file_id is not None:
+            _require_str("file_id", file_id)
+            if file_id not in ids:
+                ids.insert(0, file_id)
+        if text is None and not ids:
+            raise LocalProtocolError("a multimodal message needs text, a file id or both")
         message: dict[str, Any] = {"type": "multimodal_message"}
         if text is not None:
             message["text"] = {"type": "user_message", "text": _require_str("text", text)}
-        if file_id is not None:
-            message["file"] = {"type": "file_input", "file_id": _require_str("file_id", file_id)}
+        if ids:
+            files = [{"type": "file_input", "file_id": i} for i in ids]
+            message["file"] = dict(files[0])
+            message["files"] = files
         return message

@@ -1,13 +1,15 @@
-"""Fixtures: the agent contract (``../shared/spec/agent.asyncapi.yaml``) as jsonschema validators.
+"""Fixtures: the agent contract, as the project's own code and as the official YAML.
 
-The YAML is the source of truth; the library never reads it. Tests use it to cross-check our
-own code (``elevenconv.testing._contract``, the simulator, the protocol layer).
-
-* ``contract`` (session fixture) and ``load_contract()`` (cached, for use outside fixtures) give a
-  :class:`Contract`: ``validate_client(msg)`` / ``validate_server(msg)`` raise ``AssertionError``
-  listing every violation; ``client_errors`` / ``server_errors`` return them instead.
-* Where the YAML is absent (a user's checkout) the tests that need it are skipped with a
-  clear reason; in CI that is a failure instead.
+* ``contract`` (session fixture): :class:`ProjectContract`, the project's own contract code
+  (``elevenconv.testing._contract``, what the simulator enforces). Every test that checks
+  messages uses it, so the whole suite runs in a fresh clone. ``validate_client(msg)`` /
+  ``validate_server(msg)`` raise ``AssertionError`` listing every violation;
+  ``client_errors`` / ``server_errors`` return them instead.
+* ``yaml_contract`` (session fixture) and ``load_contract()`` (cached): :class:`Contract`,
+  the official ``../shared/spec/agent.asyncapi.yaml`` as jsonschema validators, with the
+  same methods plus schema access. Only the cross-check of our code against the YAML
+  (``tests/testing/test_contract.py``) needs it; where the YAML is absent (a user's
+  checkout) those tests skip with the reason, and in CI that is a failure instead.
 
 How the AsyncAPI/OpenAPI dialect is read as JSON Schema 2020-12:
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -36,10 +39,20 @@ import referencing
 import referencing.jsonschema
 import yaml
 
+from elevenconv.testing._contract import (
+    CLIENT_MESSAGE_TYPES,
+    SERVER_MESSAGE_TYPES,
+    validate_client_message,
+    validate_server_message,
+)
 from tests.conftest import IN_CI
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SPEC_PATH = REPO_ROOT / ".." / "shared" / "spec" / "agent.asyncapi.yaml"
+#: ``ELEVENCONV_CONTRACT_YAML`` points the cross-check at another copy (e.g. a newer YAML).
+SPEC_PATH = Path(
+    os.environ.get("ELEVENCONV_CONTRACT_YAML")
+    or REPO_ROOT / ".." / "shared" / "spec" / "agent.asyncapi.yaml"
+)
 MISSING_REASON = (
     "../shared/spec/agent.asyncapi.yaml not found (only present in the project's dev/CI layout)"
 )
@@ -119,7 +132,49 @@ def _open_all_of_members(
     return opened, closed
 
 
-class Contract:
+class ContractChecks:
+    """What every contract fixture offers: validation of messages in both directions."""
+
+    def client_errors(self, msg: object) -> list[str]:
+        """Every violation of the contract by a client message (``[]`` if valid)."""
+        raise NotImplementedError
+
+    def server_errors(self, msg: object) -> list[str]:
+        """Every violation of the contract by a server message (``[]`` if valid)."""
+        raise NotImplementedError
+
+    def validate_client(self, msg: dict[str, Any]) -> None:
+        """Raise ``AssertionError`` listing every violation if ``msg`` breaks the contract."""
+        errors = self.client_errors(msg)
+        if errors:
+            raise AssertionError("client message violates the contract:\n  " + "\n  ".join(errors))
+
+    def validate_server(self, msg: dict[str, Any]) -> None:
+        """Raise ``AssertionError`` listing every violation if ``msg`` breaks the contract."""
+        errors = self.server_errors(msg)
+        if errors:
+            raise AssertionError("server message violates the contract:\n  " + "\n  ".join(errors))
+
+
+class ProjectContract(ContractChecks):
+    """The project's own contract code (``elevenconv.testing._contract``)."""
+
+    def client_errors(self, msg: object) -> list[str]:
+        return validate_client_message(msg)
+
+    def server_errors(self, msg: object) -> list[str]:
+        return validate_server_message(msg)
+
+    def client_payload_names(self) -> list[str]:
+        """Client message kinds (``user_audio_chunk`` for the typeless audio message)."""
+        return sorted(CLIENT_MESSAGE_TYPES)
+
+    def server_types(self) -> list[str]:
+        """Server message ``type`` values of the contract (without our ``client_error``)."""
+        return sorted(SERVER_MESSAGE_TYPES - {"client_error"})
+
+
+class Contract(ContractChecks):
     """The YAML's messages, compiled to one jsonschema validator each."""
 
     def __init__(self, document: Mapping[str, Any]) -> None:
@@ -220,18 +275,6 @@ class Contract:
             return [f"unknown server message type {kind!r}"]
         return _errors(self._server[kind][1], msg)
 
-    def validate_client(self, msg: dict[str, Any]) -> None:
-        """Raise ``AssertionError`` listing every violation if ``msg`` breaks the contract."""
-        errors = self.client_errors(msg)
-        if errors:
-            raise AssertionError("client message violates the contract:\n  " + "\n  ".join(errors))
-
-    def validate_server(self, msg: dict[str, Any]) -> None:
-        """Raise ``AssertionError`` listing every violation if ``msg`` breaks the contract."""
-        errors = self.server_errors(msg)
-        if errors:
-            raise AssertionError("server message violates the contract:\n  " + "\n  ".join(errors))
-
 
 def _const_type(payload: _Schema) -> str | None:
     const = payload.get("properties", {}).get("type", {}).get("const")
@@ -288,6 +331,13 @@ def load_contract() -> Contract:
 
 
 @pytest.fixture(scope="session")
-def contract() -> Contract:
-    """The agent contract as jsonschema validators (see :class:`Contract`)."""
+def contract() -> ProjectContract:
+    """The project's own contract code (see :class:`ProjectContract`); never skips."""
+    return ProjectContract()
+
+
+@pytest.fixture(scope="session")
+def yaml_contract() -> Contract:
+    """The official YAML as jsonschema validators (see :class:`Contract`); skips (fails in
+    CI) where ``../shared/spec`` is absent."""
     return load_contract()

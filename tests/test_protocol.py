@@ -11,7 +11,7 @@ import pytest
 
 from elevenconv import protocol as p
 from elevenconv.errors import LocalProtocolError, RemoteProtocolError, ServerError
-from elevenconv.testing._contract import SERVER_MESSAGE_EXAMPLES
+from elevenconv.testing._contract import MCP_TOOL_CALL_EXAMPLES, SERVER_MESSAGE_EXAMPLES
 
 EXPECTED_CLASS = {
     "audio": p.AudioEvent,
@@ -442,3 +442,245 @@ def test_protocol_module_is_pure() -> None:
         "requests",
         "select",
     }
+
+
+# -- Conversation events: every server message has a named, typed event -----------------
+
+#: message type -> (Conversation event name, argument types); None: not posted as such.
+EXPECTED_EVENTS: dict[str, tuple[str | None, tuple[type, ...]]] = {
+    "audio": (None, ()),
+    "user_transcript": ("user_transcript", (str,)),
+    "tentative_user_transcript": ("tentative_user_transcript", (str,)),
+    "agent_response": ("agent_response", (str,)),
+    "agent_response_correction": ("agent_response_correction", (str, str)),
+    "agent_chat_response_part": ("agent_chat_response_part", (str, str)),
+    "agent_reasoning_response_part": ("agent_reasoning_response_part", (str, str)),
+    "interruption": ("interruption", (int,)),
+    "conversation_initiation_metadata": (
+        "conversation_metadata",
+        (p.ConversationInitiationMetadataEvent,),
+    ),
+    "client_tool_call": ("client_tool_call", (str, dict)),
+    "rich_content": ("rich_content", (p.RichContentEvent,)),
+    "agent_tool_request": ("agent_tool_request", (p.AgentToolRequestEvent,)),
+    "agent_tool_response": ("agent_tool_response", (p.AgentToolResponseEvent,)),
+    "agent_tool_response_full_payload": (
+        "agent_tool_response",
+        (p.AgentToolResponseFullPayloadEvent,),
+    ),
+    "mcp_tool_call": ("mcp_tool_call", (p.McpToolCallEvent,)),
+    "mcp_connection_status": ("mcp_connection_status", (tuple,)),
+    "vad_score": ("vad_score", (float,)),
+    "ping": ("latency_measurement", (int,)),
+    "context_usage": ("context_usage", (p.ContextUsageEvent,)),
+    "asr_initiation_metadata": ("asr_initiation_metadata", (dict,)),
+    "guardrail_triggered": ("guardrail_triggered", ()),
+    "internal_turn_probability": ("internal_turn_probability", (float,)),
+    "internal_tentative_agent_response": ("internal_tentative_agent_response", (str,)),
+    "agent_typing": ("agent_typing", (bool, int)),
+    "external_agent_connected": ("external_agent_connected", ()),
+    "external_agent_disconnected": ("external_agent_disconnected", ()),
+    "error": ("error", (ServerError,)),
+    "client_error": ("error", (ServerError,)),
+}
+
+
+@pytest.mark.parametrize("msg_type", sorted(SERVER_MESSAGE_EXAMPLES))
+def test_each_server_message_has_a_typed_conversation_event(msg_type: str) -> None:
+    event = receive(p.ConversationProtocol(), SERVER_MESSAGE_EXAMPLES[msg_type])
+    name, types = EXPECTED_EVENTS[msg_type]
+    assert name == type(event).EVENT
+    args = event.event_args()
+    assert len(args) == len(types), args
+    for arg, expected in zip(args, types, strict=True):
+        assert isinstance(arg, expected), (msg_type, arg)
+    produced = event.conversation_events()
+    if name is None:
+        assert produced == ()
+    else:
+        assert produced[0][0] == name
+        assert len(produced[0][1]) == len(args)
+        if msg_type not in ("error", "client_error"):  # a new exception each call
+            assert produced[0][1] == args
+
+
+def test_events_table_documents_every_event() -> None:
+    doc = p.__doc__ or ""
+    names = {name for name, _ in EXPECTED_EVENTS.values() if name is not None}
+    names |= {"agent_response_attachments", "can_send_feedback_change", "message"}
+    for name in names:
+        assert f"* ``{name}(" in doc or f"``{name}(" in doc, f"{name} is not in the table"
+    assert set(EXPECTED_EVENTS) == set(SERVER_MESSAGE_EXAMPLES)
+
+
+def test_unknown_message_has_no_event_of_its_own() -> None:
+    event = receive(p.ConversationProtocol(), {"type": "brand_new", "brand_new_event": {}})
+    assert isinstance(event, p.UnknownEvent)
+    assert event.EVENT is None and event.conversation_events() == ()
+
+
+def test_agent_response_attachments_are_typed_and_get_their_own_event() -> None:
+    event = receive(p.ConversationProtocol(), SERVER_MESSAGE_EXAMPLES["agent_response"])
+    assert isinstance(event, p.AgentResponseEvent)
+    assert event.attachments == (
+        p.AgentResponseAttachment(
+            "https://example.com/files/report.pdf", "report.pdf", "application/pdf"
+        ),
+    )
+    assert event.event_args() == ("Hi! How can I help?",)  # the old signature is kept
+    assert event.conversation_events() == (
+        ("agent_response", ("Hi! How can I help?",)),
+        ("agent_response_attachments", (event.attachments, 3)),
+    )
+    plain = receive(
+        p.ConversationProtocol(),
+        {"type": "agent_response", "agent_response_event": {"agent_response": "x", "event_id": 1}},
+    )
+    assert isinstance(plain, p.AgentResponseEvent)
+    assert plain.attachments == ()
+    assert plain.conversation_events() == (("agent_response", ("x",)),)
+    no_mime = receive(
+        p.ConversationProtocol(),
+        {
+            "type": "agent_response",
+            "agent_response_event": {
+                "agent_response": "x",
+                "event_id": 1,
+                "attachments": [{"url": "u", "name": "n", "mime_type": None}],
+            },
+        },
+    )
+    assert isinstance(no_mime, p.AgentResponseEvent)
+    assert no_mime.attachments == (p.AgentResponseAttachment("u", "n", None),)
+
+
+@pytest.mark.parametrize(
+    "attachments",
+    [
+        None,
+        "file",
+        [1],
+        [{"url": "u"}],
+        [{"url": "u", "name": 3}],
+        [{"url": "u", "name": "n", "mime_type": 1}],
+    ],
+)
+def test_malformed_attachments_are_a_remote_protocol_error(attachments: Any) -> None:
+    proto = p.ConversationProtocol()
+    message = {
+        "type": "agent_response",
+        "agent_response_event": {"agent_response": "x", "event_id": 1, "attachments": attachments},
+    }
+    if attachments is None:  # null is read as "no attachments"
+        event = receive(proto, message)
+        assert isinstance(event, p.AgentResponseEvent) and event.attachments == ()
+        return
+    with pytest.raises(RemoteProtocolError, match="attachments"):
+        proto.receive_text(json.dumps(message))
+    assert proto.last_agent_event_id == 0  # state unchanged
+
+
+def test_mcp_tool_call_states_are_typed() -> None:
+    events = {
+        state: receive(p.ConversationProtocol(), message)
+        for state, message in MCP_TOOL_CALL_EXAMPLES.items()
+    }
+    for state, event in events.items():
+        assert isinstance(event, p.McpToolCallEvent)
+        assert event.state == state
+        assert event.awaiting_approval == (state == "awaiting_approval")
+        assert event.timestamp  # the contract requires it
+    assert events["awaiting_approval"].approval_timeout_secs == 300  # type: ignore[union-attr]
+    assert events["loading"].approval_timeout_secs is None  # type: ignore[union-attr]
+    assert events["success"].result == (  # type: ignore[union-attr]
+        {"type": "text", "text": "Refunds within 30 days."},
+    )
+    assert events["failure"].error_message == "timed out"  # type: ignore[union-attr]
+    bad = copy.deepcopy(MCP_TOOL_CALL_EXAMPLES["success"])
+    bad["mcp_tool_call"]["result"] = "not a list"
+    with pytest.raises(RemoteProtocolError, match="result"):
+        p.ConversationProtocol().receive_text(json.dumps(bad))
+
+
+def test_mcp_connection_status_is_typed() -> None:
+    event = receive(p.ConversationProtocol(), SERVER_MESSAGE_EXAMPLES["mcp_connection_status"])
+    assert isinstance(event, p.McpConnectionStatusEvent)
+    assert event.integrations == (p.McpIntegrationStatus("int_1", "mcp_server", True, 3),)
+    bad = copy.deepcopy(SERVER_MESSAGE_EXAMPLES["mcp_connection_status"])
+    bad["mcp_connection_status"]["integrations"][0]["is_connected"] = "yes"
+    with pytest.raises(RemoteProtocolError, match=r"integrations\[0\]\.is_connected"):
+        p.ConversationProtocol().receive_text(json.dumps(bad))
+
+
+def test_optional_ids_of_user_message_and_contextual_update(contract: Any) -> None:
+    proto = p.ConversationProtocol()
+    assert proto.user_message("Yes") == {"type": "user_message", "text": "Yes"}
+    tapped = proto.user_message("Yes", rich_content_id="rc_1")
+    assert tapped == {"type": "user_message", "text": "Yes", "rich_content_id": "rc_1"}
+    update = proto.contextual_update("cart: 2 items", context_id="cart")
+    assert update == {"type": "contextual_update", "text": "cart: 2 items", "context_id": "cart"}
+    assert "context_id" not in proto.contextual_update("x")
+    for message in (tapped, update):
+        contract.validate_client(message)
+    with pytest.raises(LocalProtocolError):
+        proto.user_message("x", rich_content_id=5)  # type: ignore[arg-type]
+    with pytest.raises(LocalProtocolError):
+        proto.contextual_update("x", context_id=5)  # type: ignore[arg-type]
+
+
+def test_multimodal_message_sends_files_and_file_like_the_official_clients(
+    contract: Any,
+) -> None:
+    build = p.ConversationProtocol.multimodal_message
+    one = build("look", "f1")
+    assert one == {
+        "type": "multimodal_message",
+        "text": {"type": "user_message", "text": "look"},
+        "file": {"type": "file_input", "file_id": "f1"},
+        "files": [{"type": "file_input", "file_id": "f1"}],
+    }
+    many = build(file_ids=["f1", "f2"])
+    assert many["file"] == {"type": "file_input", "file_id": "f1"}
+    assert [f["file_id"] for f in many["files"]] == ["f1", "f2"]
+    assert "text" not in many
+    both = build(file_id="f0", file_ids=["f1", "f2"])
+    assert [f["file_id"] for f in both["files"]] == ["f0", "f1", "f2"]
+    assert [f["file_id"] for f in build(file_id="f2", file_ids=["f1", "f2"])["files"]] == [
+        "f1",
+        "f2",
+    ]
+    text_only = build("just text")
+    assert "file" not in text_only and "files" not in text_only
+    for message in (one, many, both, text_only):
+        contract.validate_client(message)
+    for bad in ({"file_ids": "f1"}, {"file_ids": [1]}, {"file_ids": []}, {}):
+        with pytest.raises(LocalProtocolError):
+            build(**bad)
+
+
+def test_can_send_feedback_changes_are_reported_once() -> None:
+    proto = p.ConversationProtocol()
+    assert not proto.can_send_feedback
+    assert proto.take_feedback_change() is None
+    receive(proto, metadata())
+    assert proto.take_feedback_change() is None
+    receive(
+        proto,
+        {"type": "agent_response", "agent_response_event": {"agent_response": "a", "event_id": 3}},
+    )
+    assert proto.can_send_feedback
+    assert proto.take_feedback_change() is True
+    assert proto.take_feedback_change() is None
+    # A streamed part of the same response changes nothing.
+    receive(
+        proto,
+        {
+            "type": "agent_chat_response_part",
+            "text_response_part": {"text": "", "type": "stop", "event_id": 3},
+        },
+    )
+    assert proto.take_feedback_change() is None
+    assert proto.feedback(True) is not None
+    assert not proto.can_send_feedback
+    assert proto.take_feedback_change() is False
+    assert proto.take_feedback_change() is None

@@ -14,6 +14,11 @@ Semantics follow the YAML read as JSON Schema 2020-12 with OpenAPI's ``nullable`
   closes with ``additionalProperties: false`` (read as "no fields beyond the variant's own").
 * ``format`` (``base64``, ``date-time``) is an annotation only, as in JSON Schema by default.
 
+Contract version: the YAML the project was started from plus the additions of
+``@elevenlabs/types`` 0.22-0.23 (the official clients' generated types):
+``multimodal_message.files`` and ``agent_response_event.attachments``. :data:`NEWER_THAN_YAML`
+lists these paths so that the cross-check with an older YAML knows them.
+
 One deliberate addition: the server's ``error`` message is also accepted under the type
 ``client_error`` (the newer name the live service uses), with the same shape. It is not in the
 YAML, so the cross-check tests leave it out.
@@ -33,14 +38,28 @@ __all__ = [
     "CLIENT_MESSAGE_EXAMPLES",
     "CLIENT_MESSAGE_TYPES",
     "CLOSE_CODES",
+    "CONTRACT_VERSION",
     "ERROR_TYPES",
     "MCP_TOOL_CALL_EXAMPLES",
+    "NEWER_THAN_YAML",
     "SERVER_MESSAGE_EXAMPLES",
     "SERVER_MESSAGE_TYPES",
     "client_message_kind",
     "validate_client_message",
     "validate_server_message",
 ]
+
+#: The version of the contract this code follows (the ``@elevenlabs/types`` release).
+CONTRACT_VERSION: Final = "@elevenlabs/types 0.23"
+
+#: Fields of contract 0.22-0.23 that an older ``agent.asyncapi.yaml`` does not name:
+#: ``(message kind, path of the field)``.
+NEWER_THAN_YAML: Final[frozenset[tuple[str, tuple[str, ...]]]] = frozenset(
+    {
+        ("agent_response", ("agent_response_event", "attachments")),
+        ("multimodal_message", ("files",)),
+    }
+)
 
 # ----------------------------------------------------------------------------------------
 # The schema DSL
@@ -304,7 +323,25 @@ _SERVER_SPECS: Final[Mapping[str, _Spec]] = {
     ),
     "agent_response": _message(
         "agent_response",
-        {"agent_response_event": _object({"agent_response": _string(), "event_id": _integer()})},
+        {
+            "agent_response_event": _object(
+                {
+                    "agent_response": _string(),
+                    "event_id": _integer(),
+                    # Contract 0.22+ (@elevenlabs/types); not in the older YAML.
+                    "attachments": _array(
+                        _object(
+                            {
+                                "url": _string(),
+                                "name": _string(),
+                                "mime_type": _string(optional=True, nullable=True),
+                            }
+                        ),
+                        optional=True,
+                    ),
+                }
+            )
+        },
     ),
     "agent_response_correction": _message(
         "agent_response_correction",
@@ -624,6 +661,11 @@ _CLIENT_SPECS: Final[Mapping[str, _Spec]] = {
                 optional=True,
                 nullable=True,
             ),
+            # Contract 0.22+ (@elevenlabs/types): every file; ``file`` repeats the first.
+            "files": _array(
+                _object({"type": _string(const="file_input"), "file_id": _string()}),
+                optional=True,
+            ),
         },
     ),
 }
@@ -875,7 +917,17 @@ SERVER_MESSAGE_EXAMPLES: Final[Mapping[str, dict[str, Any]]] = MappingProxyType(
         },
         "agent_response": {
             "type": "agent_response",
-            "agent_response_event": {"agent_response": "Hi! How can I help?", "event_id": 3},
+            "agent_response_event": {
+                "agent_response": "Hi! How can I help?",
+                "event_id": 3,
+                "attachments": [
+                    {
+                        "url": "https://example.com/files/report.pdf",
+                        "name": "report.pdf",
+                        "mime_type": "application/pdf",
+                    }
+                ],
+            },
         },
         "agent_response_correction": {
             "type": "agent_response_correction",
@@ -1060,6 +1112,10 @@ CLIENT_MESSAGE_EXAMPLES: Final[Mapping[str, dict[str, Any]]] = MappingProxyType(
                 "rich_content_id": "rc_2",
             },
             "file": {"type": "file_input", "file_id": "file_1"},
+            "files": [
+                {"type": "file_input", "file_id": "file_1"},
+                {"type": "file_input", "file_id": "file_2"},
+            ],
         },
     }
 )
