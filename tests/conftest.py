@@ -15,6 +15,7 @@ import pytest
 
 pytest_plugins = [
     "tests.fixtures_contract",
+    "tests.fixtures_gui",
     "tests.fixtures_loopback",
     "tests.fixtures_netns",
     "tests.fixtures_official",
