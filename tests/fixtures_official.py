@@ -17,12 +17,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import json
 import os
+import queue
+import re
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import wave
 from collections.abc import Iterator
@@ -35,7 +40,7 @@ import requests
 
 from elevenconv.testing import AgentSimulator
 from tests.conftest import IN_CI, scaled
-from tests.fixtures_contract import Contract
+from tests.fixtures_contract import SPEC_PATH, ContractChecks, load_contract
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 PRIVATE_AGENT = "sim-private"
@@ -69,18 +74,25 @@ def official_sim() -> Iterator[AgentSimulator]:
         yield sim
 
 
-def assert_clean(sim: AgentSimulator, contract: Contract) -> None:
-    """Every message of both directions validates against the YAML contract; the simulator
-    recorded no client violation, no invalid outgoing message and no internal error."""
+def assert_clean(sim: AgentSimulator, contract: ContractChecks) -> None:
+    """Every message of both directions validates against the contract -- the project's
+    code (``contract``) and, where it is present (always in CI), the official YAML -- and
+    the simulator recorded no client violation, no invalid outgoing message, no error."""
+    checks = [contract]
+    if SPEC_PATH.is_file() or IN_CI:
+        checks.append(load_contract())
     problems: list[str] = []
     for entry in sim.transcript:
-        if entry.direction == "in":
-            errors = contract.client_errors(entry.message)
-        else:
-            errors = contract.server_errors(entry.message)
-        if errors:
-            excerpt = json.dumps(entry.message)[:300] if isinstance(entry.message, dict) else ""
-            problems.append(f"{entry.direction} {entry.kind}: {errors} {excerpt}")
+        for check in checks:
+            if entry.direction == "in":
+                errors = check.client_errors(entry.message)
+            else:
+                errors = check.server_errors(entry.message)
+            if errors:
+                excerpt = json.dumps(entry.message)[:300] if isinstance(entry.message, dict) else ""
+                problems.append(
+                    f"{type(check).__name__}: {entry.direction} {entry.kind}: {errors} {excerpt}"
+                )
     assert not problems, "messages that break the contract:\n" + "\n".join(problems)
     assert not sim.violations, f"simulator violations: {sim.violations}"
     assert not sim.contract_errors, f"simulator contract errors: {sim.contract_errors}"
@@ -261,13 +273,12 @@ class _PageHandler(http.server.SimpleHTTPRequestHandler):
         pass  # quiet
 
 
-@pytest.fixture
-def page_url(page_dir: Path, official_sim: AgentSimulator) -> Iterator[str]:
-    """``http://127.0.0.1:<another port>/index.html`` serving the bundled page."""
+@contextlib.contextmanager
+def serve_page(page_dir: Path, sim_base_url: str, api_key: str) -> Iterator[str]:
+    """Serve ``page_dir`` (and the back end) on a loopback port of its own; yield the
+    page's URL."""
     handler = type(
-        "PageHandler",
-        (_PageHandler,),
-        {"sim_base_url": official_sim.base_url, "api_key": official_sim.api_key},
+        "PageHandler", (_PageHandler,), {"sim_base_url": sim_base_url, "api_key": api_key}
     )
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(handler, directory=str(page_dir))
@@ -281,3 +292,73 @@ def page_url(page_dir: Path, official_sim: AgentSimulator) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(scaled(5))
+
+
+@pytest.fixture
+def page_url(page_dir: Path, official_sim: AgentSimulator) -> Iterator[str]:
+    """``http://127.0.0.1:<another port>/index.html`` serving the bundled page."""
+    with serve_page(page_dir, official_sim.base_url, official_sim.api_key) as url:
+        yield url
+
+
+# -- the simulate command --------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def simulate_command(*args: str) -> Iterator[str]:
+    """Run ``elevenconv simulate --port 0 ... ARGS`` in a subprocess; yield its base URL
+    (read from its banner). On exit: SIGTERM, which must stop it with status 0."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "elevenconv",
+            "simulate",
+            "--port",
+            "0",
+            "--ping-interval",
+            "0.3",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    reader = threading.Thread(target=read, name="official-simulate-stdout", daemon=True)
+    reader.start()
+    try:
+        base_url = None
+        banner: list[str] = []
+        while base_url is None:
+            try:
+                line = lines.get(timeout=scaled(30))
+            except queue.Empty:
+                line = None
+            if line is None:
+                proc.kill()
+                pytest.fail(f"elevenconv simulate printed no address: {banner}", pytrace=False)
+            banner.append(line)
+            found = re.search(r"listening on (http://\S+)", line)
+            base_url = found[1] if found else None
+        yield base_url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            status = proc.wait(scaled(20))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(scaled(5))
+            pytest.fail("elevenconv simulate did not stop on SIGTERM", pytrace=False)
+        reader.join(scaled(5))
+        stderr = proc.stderr.read() if proc.stderr else ""
+        if proc.stderr:
+            proc.stderr.close()
+        assert status == 0, f"elevenconv simulate exited {status}: {stderr}"

@@ -14,6 +14,7 @@ Every wait is on an event/queue/message with a deadline; no sleeps.
 
 from __future__ import annotations
 
+import json
 import queue
 import re
 import threading
@@ -24,8 +25,8 @@ import pytest
 
 from elevenconv.testing import AgentSimulator
 from elevenconv.testing._simulator import DEFAULT_FIRST_MESSAGE, GOODBYE
-from tests.conftest import scaled
-from tests.fixtures_contract import Contract
+from tests.conftest import IN_CI, scaled
+from tests.fixtures_contract import SPEC_PATH, ContractChecks, load_contract
 from tests.fixtures_official import (
     PRIVATE_AGENT,
     VOICE_AGENT,
@@ -33,6 +34,8 @@ from tests.fixtures_official import (
     assert_clean,
     kinds,
     run_node,
+    serve_page,
+    simulate_command,
     speech_seconds,
     wav_pcm,
 )
@@ -116,7 +119,7 @@ class PySdk:
             assert not thread.is_alive(), "the official Conversation did not stop"
 
 
-def test_python_sdk_text_scenarios(official_sim: AgentSimulator, contract: Contract) -> None:
+def test_python_sdk_text_scenarios(official_sim: AgentSimulator, contract: ContractChecks) -> None:
     """Greeting, reply, client tool round trip, contextual update, user activity,
     multimodal message, pings, then ``bye``: the agent's ``end_call`` closes with 1000."""
     sim = official_sim
@@ -167,7 +170,7 @@ def test_python_sdk_text_scenarios(official_sim: AgentSimulator, contract: Contr
 
 
 def test_python_sdk_signed_url_for_a_private_agent(
-    official_sim: AgentSimulator, contract: Contract
+    official_sim: AgentSimulator, contract: ContractChecks
 ) -> None:
     sim = official_sim
     sdk = PySdk(sim, PRIVATE_AGENT, requires_auth=True)
@@ -261,7 +264,7 @@ class SpeakingMic:
 
 
 def test_python_sdk_voice_barge_in(
-    official_sim: AgentSimulator, contract: Contract, speech_wav: Path
+    official_sim: AgentSimulator, contract: ContractChecks, speech_wav: Path
 ) -> None:
     """The agent greets by voice; the user's speech (real espeak-ng audio) arrives while it
     talks: the simulator hears it, interrupts, corrects the greeting, transcribes
@@ -313,7 +316,7 @@ def node_sdk(js_dir: Path, sim: AgentSimulator, scenario: str, **params: Any) ->
 
 
 def test_node_sdk_text_scenarios(
-    official_sim: AgentSimulator, contract: Contract, js_dir: Path
+    official_sim: AgentSimulator, contract: ContractChecks, js_dir: Path
 ) -> None:
     sim = official_sim
     out = node_sdk(js_dir, sim, "text", agentId="sim-agent")
@@ -341,7 +344,7 @@ def test_node_sdk_text_scenarios(
 
 
 def test_node_sdk_voice_barge_in(
-    official_sim: AgentSimulator, contract: Contract, js_dir: Path, speech_wav: Path
+    official_sim: AgentSimulator, contract: ContractChecks, js_dir: Path, speech_wav: Path
 ) -> None:
     sim = official_sim
     out = node_sdk(js_dir, sim, "voice", agentId=VOICE_AGENT, speechWav=str(speech_wav))
@@ -362,7 +365,7 @@ def test_node_sdk_voice_barge_in(
 
 
 def test_node_sdk_signed_url_for_a_private_agent(
-    official_sim: AgentSimulator, contract: Contract, js_dir: Path
+    official_sim: AgentSimulator, contract: ContractChecks, js_dir: Path
 ) -> None:
     sim = official_sim
     out = node_sdk(js_dir, sim, "signed", agentId=PRIVATE_AGENT)
@@ -421,7 +424,11 @@ def browser(
 
 
 def test_browser_text_scenarios(
-    official_sim: AgentSimulator, contract: Contract, js_dir: Path, chromium: str, page_url: str
+    official_sim: AgentSimulator,
+    contract: ContractChecks,
+    js_dir: Path,
+    chromium: str,
+    page_url: str,
 ) -> None:
     """Text mode over WebSocket: connect (the ``convai`` subprotocol), greeting, reply,
     client tool, feedback, contextual update, user activity, multimodal message, and the
@@ -458,7 +465,11 @@ def test_browser_text_scenarios(
 
 
 def test_browser_signed_url_from_the_back_end(
-    official_sim: AgentSimulator, contract: Contract, js_dir: Path, chromium: str, page_url: str
+    official_sim: AgentSimulator,
+    contract: ContractChecks,
+    js_dir: Path,
+    chromium: str,
+    page_url: str,
 ) -> None:
     """A private agent: the page gets a signed URL from its own back end (which holds the
     API key), connects with it, and the user ends the session."""
@@ -478,7 +489,11 @@ def test_browser_signed_url_from_the_back_end(
 
 
 def test_browser_conversation_token_as_bearer_subprotocol(
-    official_sim: AgentSimulator, contract: Contract, js_dir: Path, chromium: str, page_url: str
+    official_sim: AgentSimulator,
+    contract: ContractChecks,
+    js_dir: Path,
+    chromium: str,
+    page_url: str,
 ) -> None:
     """The page fetches a conversation token cross-origin (CORS) and passes it as
     ``authorization``: the client offers ``bearer.<token>`` next to ``convai``."""
@@ -503,7 +518,7 @@ def test_browser_invalid_token_is_refused(
 
 def test_browser_voice_over_websocket(
     official_sim: AgentSimulator,
-    contract: Contract,
+    contract: ContractChecks,
     js_dir: Path,
     chromium: str,
     page_url: str,
@@ -534,3 +549,54 @@ def test_browser_voice_over_websocket(
     assert session.responses[0].interrupted
     assert session.interruptions == [out["interruption"]["event_id"]]
     assert_clean(sim, contract)
+
+
+def test_browser_against_the_simulate_command(
+    contract: ContractChecks, js_dir: Path, chromium: str, page_dir: Path, tmp_path: Path
+) -> None:
+    """What the README shows a front-end team: ``elevenconv simulate --agent ID:private
+    --api-key KEY --record FILE`` in another process; the page (another origin) fetches a
+    signed URL from it with the key, talks, ends; SIGTERM stops it with exit 0 and the
+    recorded transcript of both directions validates against the contract."""
+    record = tmp_path / "transcript.json"
+    with (
+        simulate_command(
+            "--agent", "support:private", "--api-key", "dev-key", "--record", str(record)
+        ) as base_url,
+        serve_page(page_dir, base_url, "dev-key") as page_url,
+    ):
+        out = run_node(
+            js_dir,
+            "browser.mjs",
+            {
+                "chromium": chromium,
+                "pageUrl": page_url,
+                "scenario": "frontend",
+                "params": {"apiOrigin": base_url, "agentId": "support", "apiKey": "dev-key"},
+            },
+            timeout=90,
+        )
+    assert out["pageErrors"] == []
+    result = out["result"]
+    assert result["greeting"] == DEFAULT_FIRST_MESSAGE
+    assert "12:34" in result["toolReply"]
+    assert result["disconnect"]["reason"] == "user"
+    data = json.loads(record.read_text())
+    assert data["violations"] == [] and data["errors"] == []
+    (session,) = data["sessions"]
+    assert (session["agent_id"], session["signed"], session["subprotocol"]) == (
+        "support",
+        True,
+        "convai",
+    )
+    assert session["closed_by"] == "client"
+    checks = [contract, *([load_contract()] if SPEC_PATH.is_file() or IN_CI else [])]
+    for entry in data["transcript"]:
+        for c in checks:
+            check = c.client_errors if entry["direction"] == "in" else c.server_errors
+            assert check(entry["message"]) == [], entry
+    sent = [e["message"] for e in data["transcript"] if e["direction"] == "in"]
+    assert [m["score"] for m in sent if m.get("type") == "feedback"] == ["dislike"]
+    statuses = [r["status"] for r in data["http_requests"]]
+    assert statuses == [204, 200, 101]  # CORS preflight (xi-api-key header), signed URL, WS
+    assert "conversation_signature=<redacted>" in json.dumps(data["http_requests"])

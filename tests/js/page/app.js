@@ -130,6 +130,30 @@ const scenarios = {
     return { ...out, ...summary(seen) };
   },
 
+  /** A front-end team's dev setup (`elevenconv simulate --agent ID:private --api-key K`):
+   * the page itself fetches a signed URL from the simulator, cross-origin (CORS preflight
+   * for the xi-api-key header), then text: greeting, tool, feedback, the user ends. */
+  async frontend({ apiOrigin, agentId, apiKey }) {
+    const answer = await fetch(
+      `${apiOrigin}/v1/convai/conversation/get-signed-url?agent_id=${encodeURIComponent(agentId)}`,
+      { headers: { "xi-api-key": apiKey } },
+    );
+    if (!answer.ok) throw new Error(`get-signed-url answered ${answer.status}`);
+    const { signed_url: signedUrl } = await answer.json();
+    const { seen, options } = callbacks();
+    const conversation = await Conversation.startSession({ signedUrl, textOnly: true, ...options });
+    const out = { conversationId: conversation.getId() };
+    out.greeting = await seen.agent.next();
+    conversation.sendUserMessage("what time is it?");
+    out.toolParams = await seen.toolCalls.next();
+    out.toolReply = await seen.agent.next();
+    await seen.feedback.next(10000, (can) => can === true, "canSendFeedback: true");
+    conversation.sendFeedback(false);
+    await conversation.endSession();
+    out.disconnect = await seen.disconnects.next();
+    return { ...out, ...summary(seen) };
+  },
+
   /** A conversation token fetched cross-origin from the API, sent as `authorization`
    * (the bearer.<token> subprotocol next to convai). */
   async token({ wsOrigin, apiOrigin, agentId, token }) {
