@@ -127,13 +127,13 @@ def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def browser_speech_wav(speech_wav: Path) -> Path:
-    """``speech_wav`` after 3 s of silence, for Chromium's fake microphone: that device
+    """``speech_wav`` after 5 s of silence, for Chromium's fake microphone: that device
     starts with ``getUserMedia``, before the session is connected; the user speaks once
     the agent's (9 s) greeting is well under way."""
     sox = shutil.which("sox")
     assert sox is not None
     out = speech_wav.with_name("browser-speech.wav")
-    subprocess.run([sox, str(speech_wav), str(out), "pad", "3", "0"], check=True, timeout=30)
+    subprocess.run([sox, str(speech_wav), str(out), "pad", "5", "0"], check=True, timeout=30)
     return out
 
 

@@ -14,6 +14,7 @@ Every wait is on an event/queue/message with a deadline; no sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import re
@@ -214,6 +215,77 @@ def test_python_sdk_private_agent_without_signature_is_refused(
     assert sdk.disconnect_details.reason == "error"
     assert not sim.sessions
     assert [r.status for r in sim.http_requests] == [403]
+
+
+def test_python_sdk_async_conversation(
+    official_sim: AgentSimulator, contract: ContractChecks
+) -> None:
+    """The SDK's ``AsyncConversation`` (asyncio, websockets' asyncio client): greeting,
+    reply, client tool, contextual update, user activity, then the agent's ``end_call``."""
+    from elevenlabs import ElevenLabs
+    from elevenlabs.conversational_ai.conversation import (
+        AsyncConversation,
+        ClientTools,
+        ConversationInitiationData,
+    )
+
+    sim = official_sim
+
+    async def scenario() -> list[str]:
+        responses: asyncio.Queue[str] = asyncio.Queue()
+        disconnected = asyncio.Event()
+
+        async def on_response(text: str) -> None:
+            await responses.put(text)
+
+        async def on_disconnect(details: Any) -> None:
+            disconnected.set()
+
+        async def next_response() -> str:
+            return await asyncio.wait_for(responses.get(), scaled(10))
+
+        tools = ClientTools()
+        tools.register("get_current_time", lambda params: "12:34")
+        conv = AsyncConversation(
+            ElevenLabs(api_key=sim.api_key, base_url=sim.base_url),
+            "sim-agent",
+            requires_auth=False,
+            config=ConversationInitiationData(
+                conversation_config_override={"conversation": {"text_only": True}}
+            ),
+            client_tools=tools,
+            callback_agent_response=on_response,
+            callback_disconnect=on_disconnect,
+        )
+        await conv.start_session()
+        seen = []
+        try:
+            seen.append(await next_response())
+            await conv.send_user_message("hello")
+            seen.append(await next_response())
+            await conv.send_user_message("what time is it?")
+            seen.append(await next_response())
+            await conv.send_contextual_update("The user opened the pricing page.")
+            await conv.register_user_activity()
+            await conv.send_user_message("bye")
+            seen.append(await next_response())
+            await asyncio.wait_for(disconnected.wait(), scaled(10))
+        finally:
+            await conv.end_session()
+            assert conv._task is not None
+            await asyncio.wait_for(conv._task, scaled(10))
+        return seen
+
+    greeting, reply, tool_reply, goodbye = asyncio.run(scenario())
+    assert greeting == DEFAULT_FIRST_MESSAGE
+    assert reply.startswith("Hello there!")
+    assert "12:34" in tool_reply
+    assert goodbye == GOODBYE
+    session = sim.wait_for_session_end(scaled(5))
+    assert (session.close_code, session.closed_by) == (1000, "server")
+    assert session.contextual_updates == ["The user opened the pricing page."]
+    assert session.user_activity_count == 1
+    assert_clean(sim, contract)
 
 
 class SpeakingMic:
