@@ -267,7 +267,7 @@ class NetLab:
         """Start a :class:`NetServer` in the server namespace; return once it listens."""
         argv = ["ip", "netns", "exec", self.srv_ns, self.python, "-u", os.path.abspath(__file__),
                 "server", self.server_ip, str(port), str(ping_interval or 0)]  # fmt: skip
-        server = NetServer(argv, self.server_ip, port)
+        server = NetServer(argv, self.server_ip)
         self._servers.append(server)
         return server
 
@@ -315,6 +315,15 @@ class NetLab:
         self._relay = proc
 
 
+def spawn_local_server(*, ping_interval: float | None = None, python: str = sys.executable
+                       ) -> NetServer:  # fmt: skip
+    """A :class:`NetServer` on 127.0.0.1 (any free port), no namespace: for measurements
+    that need the server in another process but no impairment."""
+    argv = [python, "-u", os.path.abspath(__file__), "server", "127.0.0.1", "0",
+            str(ping_interval or 0)]  # fmt: skip
+    return NetServer(argv, "127.0.0.1")
+
+
 def _readline(proc: subprocess.Popen[str], timeout: float) -> str:
     """One line of ``proc``'s stdout within ``timeout`` (``""`` on EOF or timeout)."""
     assert proc.stdout is not None
@@ -353,9 +362,9 @@ class NetServer:
     ``closed`` (``code``)). :meth:`wait_for` blocks on a Condition.
     """
 
-    def __init__(self, argv: list[str], host: str, port: int) -> None:
+    def __init__(self, argv: list[str], host: str) -> None:
         self.host = host
-        self.port = port
+        self.port = 0
         self.records: list[dict[str, Any]] = []
         self.stderr: list[str] = []
         self._cond = threading.Condition()
@@ -377,7 +386,7 @@ class NetServer:
         for t in self._threads:
             t.start()
         try:
-            self.wait_for(lambda r: r["ev"] == "listening", _CMD_TIMEOUT)
+            self.port = self.wait_for(lambda r: r["ev"] == "listening", _CMD_TIMEOUT)["port"]
         except TimeoutError:
             self.kill()
             err = "".join(self.stderr)[-2000:]
@@ -432,10 +441,12 @@ class NetServer:
         with self._cond:
             return [r for r in self.records if r["ev"] == ev]
 
-    def send(self, message: dict[str, Any]) -> None:
-        """Ask the server to send ``message`` on the open connection."""
+    def send(self, message: dict[str, Any], repeat: int = 1) -> None:
+        """Ask the server to send ``message`` (``repeat`` times) on the open connection;
+        a ``sent`` record follows once it has."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"cmd": "send", "message": message}) + "\n")
+        line = json.dumps({"cmd": "send", "message": message, "repeat": repeat})
+        self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
 
     def send_tool_call(self, tool_call_id: str, tool_name: str = "net_tool") -> None:
@@ -718,9 +729,13 @@ def _server_main(host: str, port: int, ping_interval: float) -> None:
             for line in sys.stdin:
                 cmd = json.loads(line)
                 if cmd.get("cmd") == "send" and conns:
+                    data = json.dumps(cmd["message"])
                     with contextlib.suppress(ConnectionClosed):
-                        conns[-1].send(json.dumps(cmd["message"]))
-                    emit(ev="sent", t=time.monotonic(), type=cmd["message"].get("type"))
+                        for _ in range(cmd.get("repeat", 1)):
+                            conns[-1].send(data)
+                    call = cmd["message"].get("client_tool_call") or {}
+                    emit(ev="sent", t=time.monotonic(), type=cmd["message"].get("type"),
+                         tool_call_id=call.get("tool_call_id"))  # fmt: skip
             server.shutdown()  # stdin closed: the test is done
 
         threading.Thread(target=commands, daemon=True).start()
