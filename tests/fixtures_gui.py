@@ -8,6 +8,7 @@ from the dev extra) in a subprocess, so it works for Tk windows too.
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import shutil
@@ -16,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,3 +113,24 @@ def keep_screenshot(shot: Path, name: str) -> None:
         target = REPO / "docs" / "img" / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, target)
+
+
+# -- voice in the GUI tests (the PulseAudio test server) -----------------------------
+
+
+def tone(seconds: float, freq: float = 440.0) -> bytes:
+    """A sine tone, PCM16 mono 16 kHz: "speech" for the simulator's voice detector."""
+    peak = int(32767 * 0.5)
+    return b"".join(
+        int(peak * math.sin(2 * math.pi * freq * i / 16000)).to_bytes(2, "little", signed=True)
+        for i in range(int(16000 * seconds))
+    )
+
+
+def speak_into_the_mic(sound_server: Any, pcm: bytes) -> None:
+    """Play PCM16 mono 16 kHz into the test server's microphone bus (returns when played)."""
+    subprocess.run(
+        ["pacat", "--playback", f"--device={sound_server.mic_sink}", "--format=s16le",
+         "--rate=16000", "--channels=1", "--latency-msec=20"],
+        input=pcm, env=sound_server.env, check=True, timeout=scaled(30),
+    )  # fmt: skip

@@ -8,9 +8,7 @@ a deadline, through ``wait_variable``, so Tk keeps running its event loop meanwh
 from __future__ import annotations
 
 import importlib.util
-import math
 import re
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -21,7 +19,7 @@ import pytest
 from elevenconv import Conversation, ElevenLabsClient
 from elevenconv.testing import AgentSimulator
 from tests.conftest import scaled
-from tests.fixtures_gui import grab_window, keep_screenshot, png_size
+from tests.fixtures_gui import grab_window, keep_screenshot, png_size, speak_into_the_mic, tone
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "tk_gui.py"
 tk = pytest.importorskip("tkinter")
@@ -167,27 +165,10 @@ def test_end_call_while_connecting_cancels_without_a_dialog(sim: AgentSimulator,
     window.close()
 
 
-def _tone(seconds: float, freq: float = 440.0) -> bytes:
-    peak = int(32767 * 0.5)
-    return b"".join(
-        int(peak * math.sin(2 * math.pi * freq * i / 16000)).to_bytes(2, "little", signed=True)
-        for i in range(int(16000 * seconds))
-    )
-
-
-def speak_into_the_mic(sound_server: Any, pcm: bytes) -> None:
-    """Play PCM16 mono 16 kHz into the test server's microphone bus (returns when played)."""
-    subprocess.run(
-        ["pacat", "--playback", f"--device={sound_server.mic_sink}", "--format=s16le",
-         "--rate=16000", "--channels=1", "--latency-msec=20"],
-        input=pcm, env=sound_server.env, check=True, timeout=scaled(30),
-    )  # fmt: skip
-
-
 @pytest.mark.audio
 @pytest.mark.timeout(120)
 def test_voice_call_indicator_mute_and_volume_on_the_sound_server(
-    sound_server: Any, sim: AgentSimulator, root: Any
+    sound_server: Any, sim: AgentSimulator, root: Any, tmp_path: Path
 ) -> None:
     window = tk_gui.ChatWindow(root, factory(sim), voice=True)
     states: list[str] = []
@@ -211,13 +192,19 @@ def test_voice_call_indicator_mute_and_volume_on_the_sound_server(
     # Muted, 2 s of "speech" reaches nobody; unmuted, 1 s is heard (and transcribed).
     window.mute_box.invoke()
     assert window.muted.get()
-    speak_into_the_mic(sound_server, _tone(2.0) + bytes(16000))
+    speak_into_the_mic(sound_server, tone(2.0) + bytes(16000))
     window.mute_box.invoke()
     assert not window.muted.get()
-    speak_into_the_mic(sound_server, _tone(1.0) + bytes(16000))
+    speak_into_the_mic(sound_server, tone(1.0) + bytes(16000))
     wait_until(root, lambda: "you (voice):" in window.transcript(), "the user's speech")
     heard = re.findall(r"you \(voice\): \(spoken (\d+\.\d) s\)", window.transcript())
     assert len(heard) == 1 and 0.6 <= float(heard[0]) <= 1.5, window.transcript()
+    # Typing works in a voice call too (the answer is spoken and shown).
+    window.entry.insert(0, "what time is it?")
+    window.send_button.invoke()
+    wait_until(root, lambda: "agent: The time is" in window.transcript(), "the answer")
+    root.update()
+    keep_screenshot(grab_window(int(root.wm_frame(), 16), tmp_path / "voice.png"), "tk_gui.png")
     window.call_button.invoke()  # End call
     wait_until(root, lambda: window.state == "ended", "the end of the call")
     window.close()
