@@ -8,9 +8,11 @@ Prints what you said, what the agent answered and when it starts and stops speak
 Ctrl+C ends the conversation cleanly. Needs the ``audio`` extra for the sound devices
 (``pip install "elevenconv[audio]"``); ``--help`` works without it.
 
-Use headphones. On loudspeakers the agent hears itself and interrupts itself; then pass
-``--echo-guard`` (half-duplex: the microphone sends silence while the agent speaks, and
-for a short tail after, so you cannot barge in while it talks).
+Loudspeakers work: with the ``audio`` extra, echo cancellation (WebRTC's AEC3, through
+``livekit``) removes the agent's voice from the microphone, so it does not interrupt
+itself and you can still barge in (the README's Audio section has the measurements).
+``--no-echo-cancellation`` turns it off (headphones need none); ``--echo-guard`` is the
+half-duplex fallback (the microphone sends silence while the agent speaks).
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--base-url",
         default=None,
         help="API base URL (default: the public ElevenLabs API); e.g. a local simulator",
+    )
+    parser.add_argument(
+        "--no-echo-cancellation",
+        action="store_true",
+        help="turn echo cancellation off (on by default when installed; headphones need none)",
     )
     parser.add_argument(
         "--echo-guard",
@@ -95,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             agent_id,
             requires_auth=requires_auth,
             audio_interface=audio,
+            # None (the default): on when its dependency is installed; False: off.
+            echo_cancellation=False if args.no_echo_cancellation else None,
             echo_guard=args.echo_guard,
         )
 
@@ -117,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             conversation.start_session()
-            print("Connected: start talking. Ctrl+C to end.")
+            active = getattr(conversation, "echo_cancellation_active", False)
+            print(f"Connected (echo cancellation {'on' if active else 'off'}): start talking.")
+            print("Ctrl+C to end.")
             # Blocks until the agent (or the network) ends the call; Ctrl+C gets through.
             conversation.wait_for_session_end()
         except KeyboardInterrupt:
