@@ -60,3 +60,8 @@ def __getattr__(name: str) -> Any:
 
         return getattr(_pyaudio_interface, name)
     raise AttributeError(f"module 'elevenconv' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The lazy names too: dir(), pdoc and IDE completion see the whole public API.
+    return sorted({*globals(), *__all__})

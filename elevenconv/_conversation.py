@@ -2,26 +2,32 @@ r"""The blocking, threaded Conversation: the I/O shell around :mod:`elevenconv.p
 
 Thread model (one screen)::
 
-    socket -> [reader] -pong-------------------------> writer_q -> [writer] -> socket
-                  |-agent audio-> audio_q -> [audio] -output()-> AudioInterface
-                  |                            '-audio, mode_change-.
-                  |-user-facing events----------------> events_q -> [events] -> handlers
-                  '-client_tool_call -> ClientTools pool -result-> writer_q
-    AudioInterface -input_callback-> mic deque (drops oldest) + token -> writer_q
+    start_session() starts every thread at once, then waits (cancellable) for the metadata.
 
-* ``elevenconv-reader-N`` owns ``recv()``. It decodes, updates protocol state, answers
-  pings and routes. It never runs user code and never blocks on a queue, so a slow
-  handler cannot delay a pong or a barge-in.
-* ``elevenconv-writer-N`` is the single write path: everything sent after the initiation
-  message goes through ``writer_q`` (bounded: senders get back-pressure).
-* ``elevenconv-audio-N`` (voice only) decodes and converts agent audio and feeds the
-  device; it owns the audio interface from start to stop.
+    [reader]  connect -> initiation message -> recv() -> protocol -> route:
+                 |-pong, tool results ---------> Outbox.control -.
+                 |-agent audio -> voice pipeline ([audio] thread -> AudioInterface)
+                 |-user-facing events -> events_q -> [events] -> handlers, one by one
+                 '-client_tool_call -> ClientTools pool -result-> Outbox.control
+    AudioInterface mic -> voice pipeline -> Outbox.mic (real time: dropped when late)
+    Outbox -> [writer] -> socket          control first, then microphone audio
+    [keepalive] pings a quiet link, ends a dead one (1011), bounds stalled sends and
+                the close handshake
+
+* ``elevenconv-reader-N`` owns the socket's receive side. It decodes, updates protocol
+  state, answers pings and routes. It never runs user code and never blocks on a queue,
+  so a slow handler cannot delay a pong or a barge-in.
+* ``elevenconv-writer-N`` is the single write path, fed by the :class:`Outbox`.
 * ``elevenconv-events-N`` runs every event handler and callback, in order.
+* ``elevenconv-keepalive-N`` owns the deadlines: ping interval, ping timeout, send
+  timeout and close timeout (``Event.wait`` until the next one; no polling).
+* voice threads (``elevenconv-audio-N``...) belong to the voice pipeline.
 
-Stop has one path: the reader's exit (server close, network loss, or the reply to our
-close frame) runs :meth:`Conversation._finish`, which stops the other threads with
-sentinels; ``end_session()`` only asks the writer to send the close frame, then waits,
-aborting the socket if the server does not answer in ``close_timeout``.
+Stop has one path: the reader's exit (server close, network loss, an abort by the
+keepalive or by ``end_session()``) runs :meth:`Conversation._finish`, which stops the
+other threads with sentinels. ``end_session()`` only queues the close frame, stops
+handlers and audio, and returns; :meth:`Conversation.wait_for_session_end` is the
+barrier that waits for every thread.
 """
 
 from __future__ import annotations
@@ -31,7 +37,6 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -40,6 +45,7 @@ from pyee import EventEmitter
 
 from elevenconv._audio import AudioInterface
 from elevenconv._client import ElevenLabsClient, add_source_params
+from elevenconv._outbox import STOP, MicDrops, MicPiece, Outbox
 from elevenconv._tools import ClientTools
 from elevenconv._transport import (
     WebSocketFactory,
@@ -57,14 +63,12 @@ from elevenconv.errors import (
     RemoteProtocolError,
     ServerError,
     SessionAlreadyStartedError,
+    SessionCancelledError,
     SessionNotActiveError,
     StartTimeoutError,
     ToolError,
 )
 from elevenconv.protocol import (
-    AgentChatResponsePartEvent,
-    AgentResponseCorrectionEvent,
-    AgentResponseEvent,
     AgentToolResponseEvent,
     AudioEvent,
     ClientToolCallEvent,
@@ -75,15 +79,12 @@ from elevenconv.protocol import (
     InterruptionEvent,
     PingEvent,
     ServerEvent,
-    TentativeUserTranscriptEvent,
-    UserTranscriptEvent,
-    VadScoreEvent,
     encode_message,
 )
 
 __all__ = ["Conversation", "ConversationEvent"]
 
-log = logging.getLogger("elevenconv")
+log = logging.getLogger(__name__)
 
 ConversationEvent = Literal[
     "session_started",
@@ -103,24 +104,35 @@ ConversationEvent = Literal[
     "client_tool_call",
     "unhandled_client_tool_call",
     "mode_change",
+    "mic_audio_dropped",
     "message",
 ]
 
 _STOP = object()  # sentinel: the consumer thread exits
-_MIC = object()  # writer token: microphone audio is waiting in the mic deque
 _RESET = object()  # audio token: forget decoder state (after an interruption)
+_PING = object()  # writer item: a WebSocket ping frame
 
 _ids = itertools.count(1)
 
-#: Queue sizes (see the class docstring for what happens when they are full).
-WRITER_QUEUE_SIZE = 1024
-AUDIO_QUEUE_SIZE = 4096
+#: Events waiting for the handlers: at most this many, and this many bytes (message
+#: payloads counted); beyond either, new events are dropped (counted, logged).
 EVENTS_QUEUE_SIZE = 10000
-MIC_QUEUE_CHUNKS = 50
+EVENTS_QUEUE_BYTES = 8 * 1024 * 1024
+AUDIO_QUEUE_SIZE = 4096
 #: How long the agent's last words may play after it ends the call.
 AGENT_END_DRAIN_S = 5.0
 #: A resampler holds back ~20-70 ms; flush it when the agent's audio pauses this long.
 RESAMPLER_TAIL_FLUSH_S = 0.15
+#: How long end_session() waits for a tidy teardown before it returns (the rest goes on
+#: in the background, bounded by close_timeout; wait_for_session_end() waits for it).
+END_SESSION_WAIT_S = 0.03
+#: How long a cancelled start_session() waits for the threads before it raises.
+CANCEL_WAIT_S = 0.05
+#: ``mic_audio_dropped`` is posted at most this often during a burst of drops; a burst
+#: ends after this long without a drop.
+MIC_DROP_REPORT_S = 1.0
+
+_EVENT_OVERHEAD = 64
 
 
 @dataclass(frozen=True)
@@ -155,25 +167,37 @@ class _ConvLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         return f"[{conv}] {msg}", kwargs
 
 
+def _bytes_per_second(fmt: str) -> int:
+    codec, _, rate = fmt.partition("_")
+    try:
+        hz = int(rate)
+    except ValueError:
+        return 32000
+    return hz if codec == "ulaw" else 2 * hz
+
+
 class Conversation(EventEmitter):
     """A conversation with an ElevenLabs agent, driven by background threads.
 
     Blocking API, no asyncio: :meth:`start_session` returns when the agent is ready,
     the ``send_*`` methods may be called from any thread, :meth:`end_session` is
-    idempotent and safe from any thread (an event handler and a tool included).
+    idempotent, safe from any thread (an event handler and a tool included) and returns
+    within ~50 ms whatever handlers, tools, devices or the network are doing.
 
     Events (pyee): register with ``conversation.on("agent_response", handler)`` or as
     a decorator. Every handler runs on the ``elevenconv-events`` thread, in order; a
-    handler that raises is logged and reported as ``error``, and the session goes on.
-    Marshal to your GUI thread from there (``root.after``, a Qt signal).
+    handler that raises is logged once and reported as ``error``, and the session goes
+    on. Marshal to your GUI thread from there (``root.after``, a Qt signal).
 
     ====================================  ================================================
     ``session_started()``                 connected, agent ready
     ``conversation_started(id)``          with the conversation id
     ``session_ended(id, code, reason)``   exactly once; ``code`` of the WebSocket close
+                                          (1011 "keepalive ping timeout": dead link)
     ``error(exc)``                        an :class:`~elevenconv.errors.ElevenConvError`
-                                          (server error, bad message, tool or handler
-                                          failure, abnormal close); logged if unhandled
+                                          (server error, bad message, tool, handler or
+                                          device failure, abnormal close); logged if
+                                          unhandled
     ``agent_response(text)``              the agent's reply
     ``agent_response_correction(o, c)``   what was really said before an interruption
     ``user_transcript(text)``             what the user said (final)
@@ -187,14 +211,22 @@ class Conversation(EventEmitter):
     ``client_tool_call(name, params)``    the agent called a client tool
     ``unhandled_client_tool_call(n, p)``  ... one that is not registered
     ``mode_change(mode)``                 ``"speaking"`` / ``"listening"``, from playback
+    ``mic_audio_dropped(chunks, s)``      microphone audio was dropped because the link
+                                          is too slow (at most once a second)
     ``message(dict)``                     every decoded server message, raw
     ====================================  ================================================
 
-    Queues and overflow: the writer queue is bounded (a sender waits up to
-    ``send_timeout`` and then gets an error); the microphone queue drops its oldest
-    chunk when full; the audio and events queues drop new items when full (4,096 audio
-    chunks / 10,000 events behind: a stuck handler), counted in :attr:`stats` and
-    logged, so the reader never blocks.
+    Queues and their bounds: user sends wait up to ``send_timeout`` for room in the
+    control queue (1,024 messages / 16 MiB), then raise. Microphone audio is real time:
+    what is more than ``max_mic_lag`` seconds old when its turn comes is dropped oldest
+    first. Events wait for the handlers up to 10,000 events / 8 MiB; beyond that new
+    ones are dropped. Every drop is counted in :attr:`stats` and logged.
+
+    Shutdown rule: after :meth:`end_session` returns, no handler, callback or tool
+    starts any more, except the one ``session_ended`` (and ``callback_end_session``);
+    handlers already running finish on their own thread; the queued backlog is
+    discarded (``stats["discarded_events"]``). :meth:`wait_for_session_end` waits until
+    every library thread, the handlers' included, has exited.
     """
 
     def __init__(
@@ -221,6 +253,11 @@ class Conversation(EventEmitter):
         start_timeout: float = 10.0,
         close_timeout: float = 2.0,
         send_timeout: float = 10.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        max_mic_lag: float = 1.0,
+        echo_cancellation: bool | None = None,
+        noise_suppression: bool = False,
         echo_guard: bool = False,
         echo_guard_tail_s: float = 0.3,
         transport_options: Mapping[str, Any] | None = None,
@@ -228,6 +265,11 @@ class Conversation(EventEmitter):
         super().__init__()
         if not agent_id or not isinstance(agent_id, str):
             raise ConfigurationError("agent_id is required: the id of the agent to talk to")
+        for name, value in (("ping_interval", ping_interval), ("ping_timeout", ping_timeout)):
+            if value is not None and value <= 0:
+                raise ConfigurationError(f"{name} must be > 0 seconds, or None to disable it")
+        if max_mic_lag <= 0:
+            raise ConfigurationError("max_mic_lag must be > 0 seconds")
         self.client = client
         self.agent_id = agent_id
         self.requires_auth = requires_auth
@@ -243,7 +285,13 @@ class Conversation(EventEmitter):
         self.start_timeout = start_timeout
         self.close_timeout = close_timeout
         self.send_timeout = send_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.max_mic_lag = max_mic_lag
+        self.echo_cancellation = echo_cancellation
+        self.noise_suppression = noise_suppression
         self._transport_options = dict(transport_options or {})
+        self._once_handlers: dict[str, set[Callable[..., Any]]] = {}
 
         for event, callback in (
             ("agent_response", callback_agent_response),
@@ -270,22 +318,34 @@ class Conversation(EventEmitter):
         self._protocol = ConversationProtocol()
         self._state: Literal["new", "starting", "active", "closing", "ended"] = "new"
         self._sock: WebSocketLike | None = None
-        self._writer_q: queue.Queue[object] = queue.Queue(WRITER_QUEUE_SIZE)
-        # SimpleQueue (C, one futex per wake-up) for the per-message hand-offs; their bound
-        # is checked with qsize() by the one producer, the reader. queue.Queue's Python
-        # Condition cost more CPU than the rest of an audio message's handling.
+        self._outbox = Outbox(max_lag=max_mic_lag)
+        # SimpleQueue (C, one futex per wake-up) for the per-message hand-offs; their
+        # bounds are kept by the producers (_post, _audio_put).
         self._audio_q: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._events_q: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._mic: deque[bytes] = deque(maxlen=MIC_QUEUE_CHUNKS)
+        self._ev_lock = threading.Lock()
+        self._ev_count = 0
+        self._ev_bytes = 0
+        self._frame_len = 0
         self._threads: dict[str, threading.Thread] = {}
         self._start_done = threading.Event()
-        self._threads_started = threading.Event()
         self._ended = threading.Event()
+        self._wake_keepalive = threading.Event()
+        self._connected = False
+        self._cancelled = False  # end_session() or Ctrl+C during start_session()
+        self._discard = False  # end_session() was called: no more handlers
         self._start_failed = False
+        self._start_error: BaseException | None = None
+        self._abort_reason: tuple[int, str] | None = None  # set by the keepalive
+        self._close_requested_at: float | None = None
         self._initiator: Literal["user", "agent", "error"] | None = None
         self._close_code: int | None = None
         self._close_reason = ""
         self._last_server_error: ServerError | None = None
+        self._last_rx = time.monotonic()
+        self._mic_burst_last: float | None = None
+        self._mic_pending = MicDrops()
+        self._mic_reported_at = 0.0
         self._agent_ending = False
         self._tools_acquired = False
         self._tool_threads: list[threading.Thread] = []
@@ -304,13 +364,17 @@ class Conversation(EventEmitter):
         self._mode_lock = threading.Lock()
         self._mode: Literal["speaking", "listening"] = "listening"
         self._device_reports_playback = False
-        self._error_tls = threading.local()
-        #: Counters: ``dropped_mic_chunks``, ``dropped_events``, ``dropped_audio``,
-        #: ``stale_audio`` (dropped after an interruption), ``bad_messages``.
+        #: Counters: ``dropped_mic_chunks`` and ``dropped_mic_ms`` (microphone audio too
+        #: late for the link), ``dropped_events`` (handlers too far behind),
+        #: ``discarded_events`` (backlog left when end_session() was called),
+        #: ``dropped_audio``, ``stale_audio`` (dropped after an interruption),
+        #: ``bad_messages``.
         self.stats: dict[str, int] = dict.fromkeys(
             (
                 "dropped_mic_chunks",
+                "dropped_mic_ms",
                 "dropped_events",
+                "discarded_events",
                 "dropped_audio",
                 "stale_audio",
                 "bad_messages",
@@ -336,9 +400,14 @@ class Conversation(EventEmitter):
         is set), so a send right after works. Raises :class:`AuthenticationError`
         (401/403), :class:`ConnectionFailedError` (refused, unreachable, or closed
         before the conversation started), :class:`StartTimeoutError` (no metadata
-        within ``start_timeout``), :class:`AudioError` (the sound device failed), or
-        :class:`SessionAlreadyStartedError` if called twice. After a failure no thread
-        is left running.
+        within ``start_timeout``), :class:`SessionCancelledError` (``end_session()``
+        was called meanwhile), :class:`AudioError` (the sound device failed),
+        :class:`ConfigurationError` (the server chose an audio codec this client cannot
+        play), or :class:`SessionAlreadyStartedError` if called twice.
+
+        Cancellable: ``end_session()`` from another thread makes it raise within
+        ~100 ms, and Ctrl+C (KeyboardInterrupt) tears the half-started session down
+        and re-raises. After any failure no session is left running.
         """
         with self._lock:
             if self._state != "new":
@@ -347,62 +416,80 @@ class Conversation(EventEmitter):
                     "create a new one"
                 )
             self._state = "starting"
-        try:
-            sock = self._connect()
-        except BaseException:
-            with self._lock:
-                self._state = "ended"
-            self._ended.set()
-            raise
-        self._sock = sock
-        message = self._protocol.initiation_message(self.config, text_only=self._text_only_flag())
-        try:
-            # The initiation message goes first, from this thread, before any thread exists.
-            sock.send(encode_message(message))
-        except Exception as exc:
-            self._abort_socket()
-            with self._lock:
-                self._state = "ended"
-            self._ended.set()
-            raise ConnectionFailedError(f"could not send the initiation message: {exc}") from None
         self.client_tools._acquire()
         self._tools_acquired = True
         self._start_threads()
+        try:
+            self._await_start()
+        except BaseException as exc:
+            self._abandon_start()
+            if isinstance(exc, ElevenConvError) or not isinstance(exc, Exception):
+                raise
+            raise ElevenConvError(f"start_session() failed: {type(exc).__name__}: {exc}") from exc
+        self._log.info("conversation %s started", self._protocol.conversation_id)
 
+    def _await_start(self) -> None:
         if not self._start_done.wait(self.start_timeout):
-            self._fail_start(
-                StartTimeoutError(
-                    f"no conversation_initiation_metadata within {self.start_timeout:g} s; "
-                    "raise start_timeout for slow networks, or check the agent"
-                )
+            raise StartTimeoutError(
+                f"no conversation_initiation_metadata within {self.start_timeout:g} s; "
+                "raise start_timeout for slow networks, or check the agent"
             )
-        if self._protocol.conversation_id is None:
-            detail = f" ({self._last_server_error})" if self._last_server_error else ""
-            reason = f": {self._close_reason}" if self._close_reason else ""
-            self._fail_start(
-                ConnectionFailedError(
-                    f"the server closed the connection (code {self._close_code}{reason}) before "
-                    f"the conversation started{detail}",
-                    None,
-                )
-            )
+        self._raise_if_start_failed()
         try:
             self._start_audio()
-        except BaseException as exc:
-            self._fail_start(exc if isinstance(exc, ElevenConvError) else AudioError(str(exc)))
+        except ElevenConvError:
+            raise
+        except Exception as exc:
+            raise AudioError(f"the audio device failed to start: {exc}") from exc
         with self._lock:
             if self._state == "starting":
                 self._state = "active"
-        self._log.info("conversation %s started", self._protocol.conversation_id)
+        # Otherwise the session started and has ended already (the server closed, or a
+        # handler called end_session()): start_session() succeeded all the same.
+
+    def _raise_if_start_failed(self) -> None:
+        if self._cancelled:
+            raise SessionCancelledError(
+                "end_session() was called while start_session() was connecting; "
+                "no session was started"
+            )
+        if self._start_error is not None:
+            raise self._start_error
+        if self._protocol.conversation_id is None:
+            detail = f" ({self._last_server_error})" if self._last_server_error else ""
+            reason = f": {self._close_reason}" if self._close_reason else ""
+            raise ConnectionFailedError(
+                f"the server closed the connection (code {self._close_code}{reason}) before "
+                f"the conversation started{detail}",
+                None,
+            )
+
+    def _abandon_start(self) -> None:
+        """Tear a half-started session down (start failed, was cancelled or Ctrl+C)."""
+        self._start_failed = True
+        with self._lock:
+            if self._state in ("starting", "active"):
+                self._state = "closing"
+            self._initiator = self._initiator or "error"
+            self._cancelled = self._cancelled or self._initiator == "user"
+        self._discard = True
+        self._outbox.close()
+        self._abort_socket()
+        self._wake_keepalive.set()
+        # A reader still in the TCP connect cannot be woken: it exits when that times out.
+        self._join(_Deadline(CANCEL_WAIT_S if self._cancelled else 1.0))
 
     def end_session(self) -> None:
-        """End the conversation and wait (bounded) until every library thread has exited.
+        """End the conversation; return at once (within ~50 ms).
 
         Idempotent and thread-safe: call it from any thread, several at once, from an
-        event handler or a tool, or while the server is closing. Queued messages are
-        sent first, then a close frame (1000); if the server does not answer within
-        ``close_timeout`` the socket is aborted. Called from a handler, it does not
-        wait for the handler's own thread (``session_ended`` follows when it returns).
+        event handler or a tool, or while the server is closing. The speaker goes
+        silent, no further handler, callback or tool starts (except ``session_ended``),
+        queued events are discarded, messages already sent with ``send_*`` go out, then
+        the close frame (1000). The close handshake finishes in the background (the
+        socket is aborted if the server does not answer within ``close_timeout``); use
+        :meth:`wait_for_session_end` to wait until every thread has exited. Called
+        during :meth:`start_session`, it makes that raise :class:`SessionCancelledError`.
         """
         with self._lock:
             if self._state == "new":
@@ -410,30 +497,44 @@ class Conversation(EventEmitter):
                 self._ended.set()
                 return
             first = self._state in ("starting", "active")
+            # Before the metadata: cancel start_session(). After it, a normal end.
+            starting = self._state == "starting" and self._protocol.conversation_id is None
             if first:
                 self._state = "closing"
                 self._initiator = "user"
+                self._cancelled = starting
         if first:
-            # Silence the speaker now, not when the close handshake is over (a round trip,
-            # or close_timeout if the server does not answer): the user hung up.
+            self._discard = True
+            # Silence the speaker now, not when the close handshake is over: the user
+            # hung up.
             self._silence_for_end()
-            try:
-                self._writer_q.put(_Close(1000), timeout=self.close_timeout)
-            except queue.Full:
+            self._close_requested_at = time.monotonic()
+            self._outbox.close(_Close(1000))
+            self._cancel_tools()
+            if starting:
                 self._abort_socket()
-        self._join(_Deadline(self.close_timeout + AGENT_END_DRAIN_S + 1.0))
+                self._start_done.set()
+            self._wake_keepalive.set()
+        self._join(_Deadline(END_SESSION_WAIT_S))
 
     def wait_for_session_end(self, timeout: float | None = None) -> str | None:
-        """Block until the session ends (you ended it, or the agent/server did).
+        """Block until the session has ended and every library thread has exited.
 
-        Returns the conversation id. Raises :class:`TimeoutError` if ``timeout``
-        seconds pass first. Ctrl+C (KeyboardInterrupt) gets through the wait.
+        The session ends when you end it, or the agent, the server or the network does.
+        This is the barrier after :meth:`end_session`: running handlers and tools of
+        this conversation have returned when it does. Returns the conversation id.
+        Raises :class:`TimeoutError` if ``timeout`` seconds pass first. Ctrl+C
+        (KeyboardInterrupt) gets through the wait.
         """
         if self._state == "new":
             raise SessionNotActiveError("start_session() first")
-        if not self._ended.wait(timeout):
+        deadline = _Deadline(timeout)
+        if not self._ended.wait(deadline.remaining()):
             raise TimeoutError(f"the session did not end within {timeout} s")
-        self._join(_Deadline(self.close_timeout))
+        if not self._join(deadline):
+            raise TimeoutError(
+                f"the session ended but a handler or tool was still running after {timeout} s"
+            )
         return self._protocol.conversation_id
 
     def __enter__(self) -> Conversation:
@@ -526,52 +627,99 @@ class Conversation(EventEmitter):
 
     # ==================================================================================
     # Events: every handler runs on the events thread, isolated from the others.
+    # pyee's public API only: handlers are called one by one from listeners(event).
     # ==================================================================================
 
-    def _emit_run(
-        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        # pyee's extension point: it calls this for each handler, on a copy of the list.
-        try:
-            f(*args, **kwargs)
-        except Exception as exc:
-            if getattr(self._error_tls, "active", False):
-                self._log.error("an 'error' handler raised", exc_info=True)
-                return
-            self._log.error("event handler %r raised", getattr(f, "__name__", f), exc_info=True)
-            self._error_tls.active = True
-            try:
-                self.emit("error", exc)
-            finally:
-                self._error_tls.active = False
+    def emit(self, event: str, *args: Any, **kwargs: Any) -> bool:
+        """Call ``event``'s handlers now, on this thread, one by one (pyee's ``emit``).
 
-    def _emit_handle_potential_error(self, event: str, error: Any) -> None:
-        # pyee raises on an "error" with no listener; that would kill the events thread.
-        # Log it instead: briefly for our own errors, with the traceback for anything else.
+        A handler that raises is logged with its traceback and reported as an
+        ``error`` event; the other handlers still run. An ``error`` nobody listens to
+        is logged. After :meth:`end_session` only ``session_ended`` handlers run.
+        """
+        handlers = self.listeners(event)
+        if not handlers:
+            if event == "error":
+                error = args[0] if args else None
+                self._log.warning("unhandled error event: %s", error)
+            return False
+        once = self._once_handlers.get(event)
+        for handler in handlers:
+            if self._discard and event != "session_ended":
+                break
+            if once and handler in once:
+                once.discard(handler)
+                self.remove_listener(event, handler)
+            try:
+                handler(*args, **kwargs)
+            except Exception as exc:
+                self._handler_failed(event, handler, exc)
+        return True
+
+    def once(self, event: str, f: Callable[..., Any] | None = None) -> Callable[..., Any]:
+        """Register ``f`` to run for the next ``event`` only (also as a decorator)."""
+
+        def register(handler: Callable[..., Any]) -> Callable[..., Any]:
+            self._once_handlers.setdefault(event, set()).add(handler)
+            self.add_listener(event, handler)
+            return handler
+
+        return register if f is None else register(f)
+
+    def remove_listener(self, event: str, f: Callable[..., Any]) -> None:
+        """Remove ``f`` from ``event``'s handlers."""
+        once = self._once_handlers.get(event)
+        if once:
+            once.discard(f)
+        super().remove_listener(event, f)
+
+    def _handler_failed(self, event: str, handler: Callable[..., Any], exc: Exception) -> None:
+        name = getattr(handler, "__qualname__", None) or repr(handler)
         if event == "error":
-            ours = isinstance(error, ElevenConvError)
-            exc_info = error if isinstance(error, BaseException) and not ours else None
-            self._log.warning("unhandled error event: %s", error, exc_info=exc_info)
+            self._log.error("an 'error' handler (%s) raised", name, exc_info=exc)
+            return
+        # Logged once, with the traceback; then an "error" for whoever listens.
+        self._log.error("handler %s for %r raised", name, event, exc_info=exc)
+        if self.listeners("error"):
+            self.emit("error", exc)
 
     def _has_listeners(self, event: str) -> bool:
-        """Does ``event`` have a listener now? O(1), no copy (``listeners()`` copies the
-        list under pyee's lock). Events are posted only when someone listens, so a
-        listener added later sees later events only."""
-        return bool(self._events.get(event))
+        """Does ``event`` have a listener now? Events are posted only when someone
+        listens, so a listener added later sees later events only."""
+        return bool(self.listeners(event))
 
     def _post(self, event: str, *args: Any) -> None:
-        """Queue an event for the events thread (never blocks)."""
-        q = self._events_q
-        if q.qsize() < EVENTS_QUEUE_SIZE:
-            q.put((event, args))
-        else:
+        """Queue an event for the events thread (never blocks; bounded in count and bytes)."""
+        if self._discard:
+            self.stats["discarded_events"] += 1
+            return
+        size = _EVENT_OVERHEAD
+        for arg in args:
+            if isinstance(arg, (str, bytes, bytearray)):
+                size += len(arg)
+            elif isinstance(arg, AudioEvent):
+                size += len(arg.audio)
+            elif isinstance(arg, dict):
+                size += self._frame_len
+        with self._ev_lock:
+            if self._ev_count >= EVENTS_QUEUE_SIZE or self._ev_bytes + size > EVENTS_QUEUE_BYTES:
+                dropped = True
+            else:
+                dropped = False
+                self._ev_count += 1
+                self._ev_bytes += size
+        if dropped:
             self.stats["dropped_events"] += 1
             if self.stats["dropped_events"] == 1 or self.stats["dropped_events"] % 1000 == 0:
                 self._log.error(
-                    "event handlers are %d events behind; dropping %r (a handler is stuck?)",
-                    EVENTS_QUEUE_SIZE,
+                    "event handlers are %d events behind (%d KiB); dropping %r (a handler is "
+                    "stuck or too slow?)",
+                    self._ev_count,
+                    self._ev_bytes // 1024,
                     event,
                 )
+            return
+        self._events_q.put((event, args, size))
 
     def _dispatch(self, event: str, args: tuple[Any, ...]) -> None:
         if event != "_audio":
@@ -601,7 +749,14 @@ class Conversation(EventEmitter):
                 break
             event: str
             args: tuple[Any, ...]
-            event, args = item  # type: ignore[misc]
+            size: int
+            event, args, size = item  # type: ignore[misc]
+            with self._ev_lock:
+                self._ev_count -= 1
+                self._ev_bytes -= size
+            if self._discard:
+                self.stats["discarded_events"] += 1
+                continue
             self._dispatch(event, args)
         if self._mode == "speaking":
             self._mode = "listening"
@@ -624,21 +779,47 @@ class Conversation(EventEmitter):
             return self.text_only
         return True if self.audio_interface is None else None
 
-    def _connect(self) -> WebSocketLike:
+    def _open(self) -> WebSocketLike:
+        """Reader thread: resolve the URL, connect, send the initiation message."""
         url = self._resolve_url()
+        if self._cancelled:
+            raise SessionCancelledError("cancelled before connecting")
         self._log.debug("connecting to %s", redact_url(url))
         if self._factory is not None:
             try:
-                return self._factory(url, {})
+                sock = self._factory(url, {})
             except ElevenConvError:
                 raise
             except Exception as exc:
                 raise ConnectionFailedError(
                     f"websocket_factory failed for {redact_url(url)}: {type(exc).__name__}: {exc}"
                 ) from None
-        return create_websocket(
-            url, {}, connect_timeout=self.start_timeout, **self._transport_options
-        )
+            self._sock = sock
+        else:
+            sock = create_websocket(
+                url,
+                {},
+                connect_timeout=self.start_timeout,
+                on_socket=self._set_socket,
+                **self._transport_options,
+            )
+        if self._cancelled:
+            raise SessionCancelledError("cancelled while connecting")
+        message = self._protocol.initiation_message(self.config, text_only=self._text_only_flag())
+        try:
+            # The initiation message goes first: nothing else is queued before it.
+            sock.send(encode_message(message))
+        except Exception as exc:
+            raise ConnectionFailedError(f"could not send the initiation message: {exc}") from None
+        self._last_rx = time.monotonic()
+        self._connected = True
+        self._wake_keepalive.set()
+        return sock
+
+    def _set_socket(self, sock: WebSocketLike) -> None:
+        self._sock = sock
+        if self._cancelled:  # end_session() came first: abort the handshake
+            self._abort_socket()
 
     def _resolve_url(self) -> str:
         client = self.client
@@ -658,13 +839,15 @@ class Conversation(EventEmitter):
 
     def _start_threads(self) -> None:
         # All threads start here, and only here.
+        # The reader starts last: its _finish() joins the others.
         targets: list[tuple[str, Callable[[], None]]] = [
-            ("reader", self._reader_loop),
             ("writer", self._writer_loop),
             ("events", self._events_loop),
+            ("keepalive", self._keepalive_loop),
         ]
         if self.audio_interface is not None:
             targets.append(("audio", self._audio_loop))
+        targets.append(("reader", self._reader_loop))
         for role, target in targets:
             thread = threading.Thread(
                 target=target, name=f"elevenconv-{role}-{self._n}", daemon=True
@@ -672,7 +855,6 @@ class Conversation(EventEmitter):
             self._threads[role] = thread
         for thread in self._threads.values():
             thread.start()
-        self._threads_started.set()
 
     def _start_audio(self) -> None:
         iface = self.audio_interface
@@ -681,26 +863,18 @@ class Conversation(EventEmitter):
         from elevenconv._audioformat import UserAudioEncoder
 
         self._encoder = UserAudioEncoder(self._protocol.user_input_audio_format)
+        self._outbox.bytes_per_second = _bytes_per_second(self._protocol.user_input_audio_format)
         self._device_reports_playback = bool(iface.set_playback_callback(self._on_device_playback))
         self._apply_gain()
         iface.start(self._on_mic_chunk)
         self._iface_started = True
 
-    def _fail_start(self, exc: BaseException) -> None:
-        """Tear down a half-started session and raise ``exc`` from start_session()."""
-        self._start_failed = True
-        with self._lock:
-            self._state = "closing"
-            self._initiator = self._initiator or "error"
-        self._abort_socket()
-        self._join(_Deadline(self.close_timeout + 1.0))
-        raise exc
-
     def _finish(self, code: int | None, reason: str, error: BaseException | None) -> None:
         """Runs once, on the reader thread, when the socket is done: stop everything."""
-        # The reader may finish before _start_threads() has started its siblings.
-        self._threads_started.wait()
         with self._lock:
+            if self._abort_reason is not None and self._initiator != "user":
+                code, reason = self._abort_reason
+                self._initiator = "error"
             initiator = self._initiator
             if initiator is None:
                 initiator = "agent" if code in (1000, 1001) else "error"
@@ -709,61 +883,61 @@ class Conversation(EventEmitter):
         self._close_code = 1000 if (initiator == "user" and code is None) else code
         self._close_reason = reason
         self._start_done.set()
-        self._log.info(
-            "connection closed (code %s%s, by %s)", code, f": {reason}" if reason else "", initiator
-        )
+        if self._connected:
+            self._log.info(
+                "connection closed (code %s%s, by %s)",
+                code,
+                f": {reason}" if reason else "",
+                initiator,
+            )
 
         # The writer may be blocked sending on a dead socket: abort wakes it.
         drain = (initiator == "agent" and code in (1000, 1001)) or self._agent_ending
         self._abort_socket()
-        self._put_sentinel(self._writer_q, _STOP)
+        self._outbox.close()
         deadline = _Deadline(self.close_timeout + (AGENT_END_DRAIN_S if drain else 0.0) + 1.0)
         if "audio" in self._threads:
-            self._put_sentinel(self._audio_q, _AudioStop(drain=drain))
+            self._audio_q.put(_AudioStop(drain=drain))
         for role in ("audio", "writer"):
             thread = self._threads.get(role)
-            if thread is not None:
+            if thread is not None and thread is not threading.current_thread():
                 thread.join(deadline.remaining())
                 if thread.is_alive():
                     self._log.error("thread %s did not stop in time", thread.name)
+        self._report_mic_drops(final=True)
         if self._tools_acquired:
             self._tools_acquired = False
             self._tool_threads = self.client_tools._release()
-        if initiator == "error" and not self._start_failed:
+        if (
+            initiator == "error"
+            and not self._start_failed
+            and self._protocol.conversation_id is not None
+        ):
             exc = closed_exception(code, reason)
             if error is not None:
                 exc.__cause__ = error
             self._post("error", exc)
         with self._lock:
             self._state = "ended"
-        self._put_sentinel(self._events_q, _STOP)
+        self._events_q.put(_STOP)
+        self._wake_keepalive.set()
 
-    def _join(self, deadline: _Deadline) -> None:
-        """Wait for the library's threads (not the calling one) to exit."""
+    def _join(self, deadline: _Deadline) -> bool:
+        """Wait for the library's threads (not the calling one) until ``deadline``;
+        ``True`` if all of them have exited."""
         me = threading.current_thread()
-        reader = self._threads.get("reader")
-        if reader is not None and reader is not me:
-            reader.join(min(self.close_timeout, deadline.remaining() or self.close_timeout))
-            if reader.is_alive():
-                # The server did not answer our close frame in time: cut the connection.
-                self._log.warning(
-                    "no close reply within %g s; aborting the connection", self.close_timeout
-                )
-                self._abort_socket()
-                reader.join(deadline.remaining())
-        for thread in list(self._threads.values()):
+        done = True
+        for thread in [*self._threads.values(), *self._tool_threads]:
             if thread is not me:
                 thread.join(deadline.remaining())
-                if thread.is_alive():
-                    self._log.error("thread %s did not stop in time", thread.name)
-        # Tool workers exit once their tool returns; one may be running end_session().
-        for thread in self._tool_threads:
-            if thread is not me:
-                thread.join(deadline.remaining())
-                if thread.is_alive():
-                    self._log.warning(
-                        "client tool still running in %s after the session ended", thread.name
-                    )
+                done = done and not thread.is_alive()
+        return done
+
+    def _cancel_tools(self) -> None:
+        """end_session(): tool calls of this conversation that have not started never will."""
+        cancel = getattr(self.client_tools, "_cancel_pending", None)
+        if cancel is not None:
+            cancel()
 
     def _abort_socket(self) -> None:
         sock = self._sock
@@ -778,33 +952,103 @@ class Conversation(EventEmitter):
         except Exception:
             self._log.debug("socket abort failed", exc_info=True)
 
+    # ==================================================================================
+    # Keepalive: the deadlines of a live connection. Event.wait() until the next one.
+    # ==================================================================================
+
+    def _keepalive_loop(self) -> None:
+        ping_sent: float | None = None  # our unanswered ping
+        progress: tuple[float | None, int | None] = (None, None)  # (send, unsent bytes seen)
+        progress_at = 0.0
+        wake = self._wake_keepalive
+        while self._state != "ended":
+            now = time.monotonic()
+            deadlines: list[float] = []
+            sock = self._sock
+            if self._connected and sock is not None and self._state in ("starting", "active"):
+                last_rx = getattr(sock, "last_activity", None)
+                if not isinstance(last_rx, float):
+                    last_rx = self._last_rx
+                can_ping = self.ping_interval is not None and hasattr(sock, "ping")
+                if ping_sent is not None and last_rx >= ping_sent:
+                    ping_sent = None  # answered (anything received counts)
+                if can_ping and ping_sent is None and self.ping_interval is not None:
+                    due = last_rx + self.ping_interval
+                    if now >= due:
+                        self._outbox.put_control(_PING)
+                        ping_sent = now
+                    else:
+                        deadlines.append(due)
+                if ping_sent is not None and self.ping_timeout is not None:
+                    if now >= ping_sent + self.ping_timeout:
+                        self._kill(1011, "keepalive ping timeout")
+                        ping_sent = None
+                    else:
+                        deadlines.append(ping_sent + self.ping_timeout)
+            # A send that makes no progress (no bytes leave the kernel) for send_timeout.
+            started = self._outbox.send_started
+            if started is not None and sock is not None:
+                unsent = self._unsent(sock)
+                if progress[0] != started or (
+                    unsent is not None and progress[1] is not None and unsent < progress[1]
+                ):
+                    progress_at = now
+                progress = (started, unsent)
+                if now - max(started, progress_at) >= self.send_timeout:
+                    self._kill(1011, f"send made no progress for {self.send_timeout:g} s")
+                else:
+                    deadlines.append(now + min(1.0, self.send_timeout / 4))
+            elif self._connected:
+                deadlines.append(now + min(1.0, self.send_timeout / 4))
+            # The close handshake after end_session(): bounded by close_timeout.
+            requested = self._close_requested_at
+            if requested is not None:
+                if now >= requested + self.close_timeout:
+                    self._log.warning(
+                        "no close reply within %g s; aborting the connection", self.close_timeout
+                    )
+                    self._close_requested_at = None
+                    self._abort_socket()
+                else:
+                    deadlines.append(requested + self.close_timeout)
+            wake.wait(max(0.0, min(deadlines) - now) if deadlines else None)
+            wake.clear()
+
     @staticmethod
-    def _put_sentinel(q: queue.Queue[object] | queue.SimpleQueue[object], item: object) -> None:
-        # Sentinels must get in even if the queue is full of work nobody will do.
-        if isinstance(q, queue.SimpleQueue):
-            q.put(item)  # unbounded: the bound is the producer's check
-            return
-        while True:
-            try:
-                q.put_nowait(item)
+    def _unsent(sock: WebSocketLike) -> int | None:
+        unsent = getattr(sock, "unsent", None)
+        return unsent() if unsent is not None else None
+
+    def _kill(self, code: int, reason: str) -> None:
+        """End a dead or stalled connection: the reader sees the abort, _finish reports
+        ``code``/``reason``."""
+        with self._lock:
+            if self._abort_reason is not None or self._state not in ("starting", "active"):
                 return
-            except queue.Full:
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    pass
+            self._abort_reason = (code, reason)
+        self._log.warning("%s; ending the session (%d)", reason, code)
+        self._abort_socket()
 
     # ==================================================================================
-    # Reader: recv -> parse -> route. Never runs user code, never blocks on a queue.
+    # Reader: connect, then recv -> parse -> route. Never runs user code, never blocks.
     # ==================================================================================
 
     def _reader_loop(self) -> None:
-        sock = self._sock
-        assert sock is not None
         code: int | None = None
         reason = ""
         error: BaseException | None = None
         try:
+            try:
+                sock = self._open()
+            except BaseException as exc:
+                if not self._cancelled:
+                    self._start_error = (
+                        exc
+                        if isinstance(exc, ElevenConvError)
+                        else ConnectionFailedError(f"could not connect: {type(exc).__name__}")
+                    )
+                code, reason = None, "connection failed"
+                return
             while True:
                 try:
                     frame = sock.recv()
@@ -817,6 +1061,7 @@ class Conversation(EventEmitter):
                 if frame is None:  # some sockets signal EOF this way
                     code, reason = None, "connection lost"
                     break
+                self._last_rx = time.monotonic()
                 try:
                     self._handle_frame(frame)
                 except Exception as exc:  # a bug; report it, keep the session
@@ -826,6 +1071,7 @@ class Conversation(EventEmitter):
             self._finish(code, reason, error)
 
     def _handle_frame(self, frame: str | bytes) -> None:
+        self._frame_len = len(frame)
         try:
             with self._proto_lock:
                 if isinstance(frame, (bytes, bytearray, memoryview)):
@@ -837,72 +1083,61 @@ class Conversation(EventEmitter):
             self._log.debug("ignored a bad server message: %s", exc)
             self._post("error", exc)
             return
+        if events and self._has_listeners("message") and events[0].raw:
+            self._post("message", dict(events[0].raw))  # once per frame
         for event in events:
             self._route(event)
 
     def _route(self, event: ServerEvent) -> None:
-        post = self._post
-        if isinstance(event, PingEvent):
-            # Answer first, before anything else can get in the way.
-            self._enqueue(encode_message(self._protocol.pong_message(event.event_id)))
-        # Only what someone listens to goes to the events thread: an idle wake-up of that
-        # thread per audio message was a third of the client's CPU on audio.
-        has_listeners = self._has_listeners
-        if has_listeners("message"):
-            post("message", dict(event.raw))
+        """Reader thread: act on one event, then post its user-facing events.
+
+        Only what someone listens to goes to the events thread: an idle wake-up of that
+        thread per audio message was a third of the client's CPU on audio.
+        """
         if isinstance(event, AudioEvent):
             if self.audio_interface is not None:
                 self._audio_put(event)
-            elif has_listeners("audio") or has_listeners("audio_alignment"):
-                post("_audio", event)
-        elif isinstance(event, PingEvent):
-            if event.ping_ms is not None:
-                post("latency_measurement", event.ping_ms)
+            elif self._has_listeners("audio") or self._has_listeners("audio_alignment"):
+                self._post("_audio", event)
+            return
+        if isinstance(event, PingEvent):
+            # Answer first, before anything else can get in the way.
+            self._enqueue(encode_message(self._protocol.pong_message(event.event_id)))
+            if event.ping_ms is None:
+                return
         elif isinstance(event, InterruptionEvent):
             if self.audio_interface is not None and self._iface_started:
                 with self._playback_lock:
                     self.audio_interface.interrupt()
                 self._audio_put(_RESET)
             self._set_playing(False)
-            post("interruption", event.event_id)
-        elif isinstance(event, AgentResponseEvent):
-            post("agent_response", event.text)
-        elif isinstance(event, AgentChatResponsePartEvent):
-            post("agent_chat_response_part", event.text, event.part_type)
-        elif isinstance(event, UserTranscriptEvent):
-            post("user_transcript", event.text)
-        elif isinstance(event, TentativeUserTranscriptEvent):
-            post("tentative_user_transcript", event.text)
-        elif isinstance(event, AgentResponseCorrectionEvent):
-            post("agent_response_correction", event.original, event.corrected)
-        elif isinstance(event, VadScoreEvent):
-            post("vad_score", event.score)
-        elif isinstance(event, ClientToolCallEvent):
-            post("client_tool_call", event.tool_name, dict(event.parameters))
-            self._run_tool(event)
         elif isinstance(event, ConversationInitiationMetadataEvent):
             self._log.extra = {"conv": event.conversation_id}
-            post("session_started")
-            post("conversation_started", event.conversation_id)
-            self._start_done.set()
+            self._post("session_started")
+            self._post("conversation_started", event.conversation_id)
         elif isinstance(event, ErrorEvent):
-            exc = event.to_exception()
-            self._last_server_error = exc
-            self._log.error("server error: %s", exc)
-            post("error", exc)
+            self._last_server_error = event.to_exception()
+            self._log.error("server error: %s", self._last_server_error)
         elif isinstance(event, AgentToolResponseEvent) and event.tool_name == "end_call":
             self._agent_ending = True  # play its last words before stopping
+        for name, args in event.conversation_events():
+            if self._has_listeners(name):
+                self._post(name, *args)
+        if isinstance(event, ClientToolCallEvent):
+            self._run_tool(event)
+        elif isinstance(event, ConversationInitiationMetadataEvent):
+            self._start_done.set()
 
     # ==================================================================================
-    # Writer: the single write path.
+
+    # ==================================================================================
+    # Writer: the single write path, fed by the Outbox (control first, then audio).
     # ==================================================================================
 
     def _enqueue(self, text: str) -> None:
-        """Queue a message from a library thread (never blocks the reader)."""
-        try:
-            self._writer_q.put_nowait(text)
-        except queue.Full:
-            self._log.warning("send queue full; dropped an outgoing message")
+        """Queue a message from a library thread (never blocks the caller)."""
+        if not self._outbox.put_control(text):
+            self._log.warning("send queue full or closed; dropped an outgoing message")
 
     def _require_active(self) -> None:
         if self._state != "active":
@@ -914,55 +1149,80 @@ class Conversation(EventEmitter):
     def _send(self, message: Mapping[str, Any]) -> None:
         text = encode_message(message)
         self._require_active()
-        try:
-            self._writer_q.put(text, timeout=self.send_timeout)
-        except queue.Full:
+        if not self._outbox.put_control(text, timeout=self.send_timeout):
+            self._require_active()
             raise ElevenConvError(
                 f"the send queue stayed full for {self.send_timeout:g} s (the connection is "
                 "stalled); message not sent"
-            ) from None
+            )
 
     def _writer_loop(self) -> None:
-        sock = self._sock
-        assert sock is not None
-        q = self._writer_q
+        outbox = self._outbox
         broken = False
         while True:
-            item = q.get()
-            if item is _STOP:
+            item = outbox.get()
+            if item is STOP:
                 break
+            sock = self._sock
             if isinstance(item, _Close):
-                if not broken:
+                if not broken and sock is not None:
                     try:
                         sock.close()
                     except Exception:
                         self._abort_socket()
                 break
-            if broken:
+            if broken or sock is None:
                 continue  # drain until told to stop, so senders never block
+            outbox.send_started = time.monotonic()
             try:
-                if item is _MIC:
-                    self._send_mic(sock)
+                if isinstance(item, MicPiece):
+                    message = self._protocol.user_audio_chunk(item.data)
+                    sock.send(encode_message(message))
+                elif item is _PING:
+                    sock.ping()  # type: ignore[attr-defined]
                 else:
                     sock.send(item)  # type: ignore[arg-type]
             except Exception as exc:
                 broken = True
                 self._log.warning("send failed (%s); closing the connection", type(exc).__name__)
                 self._abort_socket()  # the reader sees it and ends the session
-        self._mic.clear()
+            finally:
+                outbox.send_started = None
+            if outbox.drops.chunks or self._mic_burst_last is not None:
+                self._report_mic_drops()
 
-    def _send_mic(self, sock: WebSocketLike) -> None:
-        mic = self._mic
-        while mic:
-            try:
-                pcm = mic.popleft()
-            except IndexError:
-                return
-            if self._mic_muted or self._echo_guard_active():
-                pcm = bytes(len(pcm))
-            data = self._encoder.encode(pcm) if self._encoder is not None else pcm
-            if data:
-                sock.send(encode_message(self._protocol.user_audio_chunk(data)))
+    def _report_mic_drops(self, *, final: bool = False) -> None:
+        """Writer thread: microphone drops -> stats, one WARNING per burst, and a
+        ``mic_audio_dropped`` event at most once a second."""
+        now = time.monotonic()
+        drops = self._outbox.take_drops()
+        pending = self._mic_pending
+        burst_start = False
+        if drops is not None:
+            self.stats["dropped_mic_chunks"] += drops.chunks
+            self.stats["dropped_mic_ms"] += round(drops.seconds * 1000)
+            if self._mic_burst_last is None:
+                burst_start = True
+                self._log.warning(
+                    "the connection cannot keep up with the microphone: dropping audio more "
+                    "than %g s old (a slow or congested uplink?)",
+                    self.max_mic_lag,
+                )
+            self._mic_burst_last = now
+            pending.chunks += drops.chunks
+            pending.seconds += drops.seconds
+        last = self._mic_burst_last
+        if last is None:
+            return
+        burst_over = final or now - last >= MIC_DROP_REPORT_S
+        if pending.chunks and (
+            burst_start or burst_over or now - self._mic_reported_at >= MIC_DROP_REPORT_S
+        ):
+            self._post("mic_audio_dropped", pending.chunks, round(pending.seconds, 3))
+            self._mic_pending = MicDrops()
+            self._mic_reported_at = now
+        if burst_over:
+            self._mic_burst_last = None
 
     def _echo_guard_active(self) -> bool:
         return self._echo_guard and (
@@ -970,21 +1230,18 @@ class Conversation(EventEmitter):
         )
 
     def _on_mic_chunk(self, pcm: bytes) -> None:
-        """``input_callback`` given to the audio interface: O(1), never blocks."""
+        """``input_callback`` given to the audio interface: never blocks."""
         # "starting" too: the interface is started last in start_session(), after the
         # metadata, with the writer running; its first chunks may come before the state
-        # turns "active" (a WAV file with realtime=False delivers all of them) and must
-        # not be lost.
-        if self._state not in ("starting", "active"):
+        # turns "active" and must not be lost.
+        if self._state not in ("starting", "active") or self._encoder is None:
             return
-        mic = self._mic
-        if len(mic) == mic.maxlen:
-            self.stats["dropped_mic_chunks"] += 1  # the deque drops the oldest
-        mic.append(bytes(pcm))
-        try:
-            self._writer_q.put_nowait(_MIC)
-        except queue.Full:
-            pass  # the chunk waits in the deque; the next token sends it
+        captured_at = time.monotonic()
+        if self._mic_muted or self._echo_guard_active():
+            pcm = bytes(len(pcm))
+        data = self._encoder.encode(bytes(pcm))
+        if data:
+            self._outbox.put_mic(data, captured_at)
 
     # ==================================================================================
     # Tools
@@ -1033,6 +1290,7 @@ class Conversation(EventEmitter):
             message = self._protocol.client_tool_result(tool_call_id, result, is_error=is_error)
         self._enqueue(encode_message(message))
 
+    # ==================================================================================
     # ==================================================================================
     # Audio: decode/convert agent audio off the reader; feed the device.
     # ==================================================================================

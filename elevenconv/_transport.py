@@ -6,17 +6,27 @@ A :data:`WebSocketFactory` is ``factory(url, headers) -> socket`` where the sock
 (any other exception means the connection was lost). The default factory wraps
 ``websocket.create_connection``; tests pass :class:`elevenconv.testing.FakeWebSocket`.
 
-Threads: one reader calls ``recv()``; one writer calls ``send()`` and ``close()``;
-``abort()`` may be called from any thread to unblock the reader.
+Optional socket capabilities the Conversation uses when present: ``ping(payload)``
+(a WebSocket ping frame, for the keepalive), ``last_activity`` (monotonic time of the
+last bytes received, any frame included) and ``unsent() -> int | None`` (bytes the
+kernel has not sent yet, to keep microphone audio from hiding in its send buffer).
+
+Threads: one reader calls ``recv()``; one writer calls ``send()``, ``ping()`` and
+``close()``; ``abort()`` may be called from any thread to unblock the reader.
+
+websocket-client's own ``websocket`` logger (``websocket.enableTrace(True)``) gets a
+filter, installed on import, that redacts signatures, tokens and API keys.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import re
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -39,7 +49,7 @@ __all__ = [
     "redact_url",
 ]
 
-log = logging.getLogger("elevenconv")
+log = logging.getLogger(__name__)
 
 #: Largest frame accepted from the server (16 MiB); a larger one closes with 1009.
 DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
@@ -50,9 +60,43 @@ _SECRET_PARAMS = re.compile(
 )
 
 
+_SECRET_HEADERS = re.compile(
+    r"((?:xi-api-key|authorization|cookie|sec-websocket-protocol)\s*:\s*)[^\r\n]*",
+    re.IGNORECASE,
+)
+
+
 def redact_url(url: str) -> str:
     """``url`` with signature/token/key query values replaced by ``***``; safe to log."""
     return _SECRET_PARAMS.sub(r"\1***", url)
+
+
+def redact(text: str) -> str:
+    """``text`` with URL secrets and secret HTTP header values replaced by ``***``."""
+    return _SECRET_HEADERS.sub(r"\1***", _SECRET_PARAMS.sub(r"\1***", text))
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts secrets in every record of the logger it is attached to."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+_WEBSOCKET_FILTER = RedactingFilter()
+logging.getLogger("websocket").addFilter(_WEBSOCKET_FILTER)
+
+# Linux: bytes in the socket's send queue not yet sent (SIOCOUTQNSD), else not sent or
+# not acknowledged (SIOCOUTQ, = TIOCOUTQ).
+_SIOCOUTQNSD = 0x894B
+_SIOCOUTQ = 0x5411
 
 
 @runtime_checkable
@@ -94,6 +138,8 @@ class _LimitedFrameBuffer(websocket._abnf.frame_buffer):
     def __init__(self, recv_fn: Callable[[int], bytes], skip_utf8_validation: bool) -> None:
         super().__init__(recv_fn, skip_utf8_validation)
         self._rbuf = bytearray()
+        #: Monotonic time of the last bytes read (frames of any kind: the keepalive).
+        self.last_activity = time.monotonic()
 
     def recv_strict(self, bufsize: int) -> bytes:
         """Exactly ``bufsize`` bytes. websocket-client's version asks the socket for exactly
@@ -103,6 +149,7 @@ class _LimitedFrameBuffer(websocket._abnf.frame_buffer):
         buf = self._rbuf
         while len(buf) < bufsize:
             buf += self.recv(min(max(_READ_SIZE, bufsize - len(buf)), _MAX_READ))
+            self.last_activity = time.monotonic()
         if len(buf) == bufsize:
             data = bytes(buf)
             buf.clear()
@@ -134,9 +181,35 @@ class WebSocketClientSocket:
 
     def __init__(self, ws: Any) -> None:
         self._ws = ws
+        self._unsent_op: int | None = _SIOCOUTQNSD
 
     def send(self, data: str) -> None:
         self._ws.send(data)
+
+    def ping(self, payload: bytes = b"") -> None:
+        """Send a WebSocket ping frame (the keepalive)."""
+        self._ws.ping(payload)
+
+    @property
+    def last_activity(self) -> float:
+        """Monotonic time of the last bytes received from the server."""
+        buffer = self._ws.frame_buffer
+        return float(getattr(buffer, "last_activity", time.monotonic()))
+
+    def unsent(self) -> int | None:
+        """Bytes written to the socket that the kernel has not sent yet (Linux), or
+        ``None`` where that cannot be known."""
+        op = self._unsent_op
+        sock = getattr(self._ws, "sock", None)
+        if op is None or sock is None:
+            return None
+        try:
+            buf = fcntl.ioctl(sock.fileno(), op, b"\0\0\0\0")
+        except (OSError, ValueError):
+            # Older kernels: fall back to unsent + unacknowledged; elsewhere: unknown.
+            self._unsent_op = _SIOCOUTQ if op == _SIOCOUTQNSD else None
+            return None
+        return int(struct.unpack("i", buf)[0])
 
     def recv(self) -> str | bytes:
         """The next text (str) or binary (bytes) message. Pings are answered inside.
@@ -208,6 +281,7 @@ def create_websocket(
     connect_timeout: float = 10.0,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     sslopt: Mapping[str, Any] | None = None,
+    on_socket: Callable[[WebSocketClientSocket], None] | None = None,
     **options: Any,
 ) -> WebSocketClientSocket:
     """Open a WebSocket with websocket-client (the default factory).
@@ -217,6 +291,9 @@ def create_websocket(
     ``websocket.create_connection`` as they are (``http_proxy_host``,
     ``http_proxy_port``, ``proxy_type``, ``http_proxy_auth``, ...).
 
+    ``on_socket(sock)`` is called with the not yet connected socket, so another thread
+    can :meth:`~WebSocketClientSocket.abort` the opening handshake.
+
     Raises :class:`AuthenticationError` on HTTP 401/403 and
     :class:`ConnectionFailedError` on any other failure; messages never contain
     the URL's secrets.
@@ -225,19 +302,26 @@ def create_websocket(
     if sslopt.get("cert_reqs") == ssl.CERT_NONE:
         log.warning("TLS certificate verification is DISABLED for %s: insecure", redact_url(url))
     safe_url = redact_url(url)
+    options = {"skip_utf8_validation": True, **options}
+    sockopt = options.pop("sockopt", [])
+    # Without the optional wsaccel, websocket-client checks UTF-8 byte by byte in
+    # Python: 70% of the reader's CPU on audio. recv() decodes strictly instead.
+    skip_utf8 = options.pop("skip_utf8_validation")
+    # websocket.create_connection() in two steps, so on_socket() can see the socket.
+    ws = _LimitedWebSocket(
+        sockopt=sockopt,
+        sslopt=sslopt,
+        enable_multithread=True,
+        skip_utf8_validation=skip_utf8,
+        max_frame_size=max_frame_size,
+        **options,
+    )
+    wrapped = WebSocketClientSocket(ws)
+    if on_socket is not None:
+        on_socket(wrapped)
+    ws.settimeout(connect_timeout)
     try:
-        ws = websocket.create_connection(
-            url,
-            header=[f"{k}: {v}" for k, v in headers.items()],
-            timeout=connect_timeout,
-            sslopt=sslopt,
-            enable_multithread=True,
-            class_=_LimitedWebSocket,
-            max_frame_size=max_frame_size,
-            # Without the optional wsaccel, websocket-client checks UTF-8 byte by byte in
-            # Python: 70% of the reader's CPU on audio. recv() decodes strictly instead.
-            **{"skip_utf8_validation": True, **options},
-        )
+        ws.connect(url, header=[f"{k}: {v}" for k, v in headers.items()], **options)  # type: ignore[no-untyped-call]
     except websocket.WebSocketBadStatusException as exc:
         status = getattr(exc, "status_code", None)
         if status in (401, 403):
@@ -256,4 +340,4 @@ def create_websocket(
     # The connect timeout must not become a read timeout: the reader blocks until data
     # or close, and shutdown() is what wakes it.
     ws.settimeout(None)
-    return WebSocketClientSocket(ws)
+    return wrapped

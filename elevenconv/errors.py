@@ -6,7 +6,8 @@ Every exception the library raises on purpose derives from :class:`ElevenConvErr
     ├── ConfigurationError (also ValueError)     -- bad arguments, missing API key
     ├── AuthenticationError                      -- API key or signed URL refused (401/403)
     ├── ConnectionFailedError (also ConnectionError) -- handshake refused, server unreachable
-    │   └── StartTimeoutError (also TimeoutError) -- no conversation metadata in time
+    │   ├── StartTimeoutError (also TimeoutError) -- no conversation metadata in time
+    │   └── SessionCancelledError                -- end_session() during start_session()
     ├── ConnectionClosed                         -- the socket closed; ``code`` and ``reason``
     │   ├── ConnectionClosedOK                   -- 1000 / 1001
     │   └── ConnectionClosedError                -- any other code, or no close frame at all
@@ -43,6 +44,7 @@ __all__ = [
     "RemoteProtocolError",
     "ServerError",
     "SessionAlreadyStartedError",
+    "SessionCancelledError",
     "SessionNotActiveError",
     "SessionStateError",
     "StartTimeoutError",
@@ -87,6 +89,12 @@ class StartTimeoutError(ConnectionFailedError, TimeoutError):
 
     Raise ``start_timeout`` if the network is slow; otherwise the agent may be misconfigured.
     """
+
+
+class SessionCancelledError(ConnectionFailedError):
+    """:meth:`~elevenconv.Conversation.end_session` was called while
+    :meth:`~elevenconv.Conversation.start_session` was still connecting; no session was
+    started and nothing is left running."""
 
 
 class ConnectionClosed(ElevenConvError):

@@ -119,6 +119,7 @@ def test_end_session_is_idempotent_and_sends_1000(harness: Harness) -> None:
     conv, events = started(harness, callback_end_session=lambda: ended.append(1))
     conv.end_session()
     conv.end_session()
+    conv.wait_for_session_end(scaled(5))  # the barrier: every thread has exited
     assert not library_threads()
     assert harness.control.wait_closed(scaled(5))
     assert harness.control.client_close_code == 1000

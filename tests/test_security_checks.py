@@ -41,6 +41,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection, serve
 
 import elevenconv._conversation as conversation_module
+import elevenconv._outbox as outbox_module
 from elevenconv import ClientTools, Conversation, ElevenLabsClient
 from elevenconv.errors import (
     AuthenticationError,
@@ -244,11 +245,11 @@ def test_default_transport_asks_for_certificate_verification(
 ) -> None:
     seen: list[dict[str, Any]] = []
 
-    def fake_create_connection(url: str, **kwargs: Any) -> Any:
-        seen.append({"url": url, **kwargs})
+    def fake_connect(self: websocket.WebSocket, url: str, **kwargs: Any) -> Any:
+        seen.append({"url": url, "sslopt": self.sock_opt.sslopt, **kwargs})
         raise OSError("stop here")
 
-    monkeypatch.setattr(websocket, "create_connection", fake_create_connection)
+    monkeypatch.setattr(websocket.WebSocket, "connect", fake_connect)
     conv = Conversation(
         ElevenLabsClient(base_url="https://api.example.invalid"), "a", requires_auth=False
     )
@@ -395,19 +396,13 @@ def test_client_verify_false_is_loud(caplog: pytest.LogCaptureFixture) -> None:
 def test_every_queue_is_bounded() -> None:
     """The stated bounds exist and are sane; the flood tests below check each one holds
     (the audio and events hand-offs enforce theirs in the producer, not in the queue)."""
+    assert 0 < outbox_module.CONTROL_MAX_ITEMS <= 10_000
+    assert 0 < outbox_module.CONTROL_MAX_BYTES <= 64 * 1024 * 1024
+    assert 0 < conversation_module.AUDIO_QUEUE_SIZE <= 10_000
+    assert 0 < conversation_module.EVENTS_QUEUE_SIZE <= 10_000
+    assert 0 < conversation_module.EVENTS_QUEUE_BYTES <= 16 * 1024 * 1024
     conv = Conversation(agent_id="a", requires_auth=False, websocket_factory=FakeWebSocket())
-    bounds = {
-        "writer": conversation_module.WRITER_QUEUE_SIZE,
-        "audio": conversation_module.AUDIO_QUEUE_SIZE,
-        "events": conversation_module.EVENTS_QUEUE_SIZE,
-        "mic": conversation_module.MIC_QUEUE_CHUNKS,
-    }
-    assert all(isinstance(b, int) and 0 < b <= 10_000 for b in bounds.values()), bounds
-    assert conv._writer_q.maxsize == bounds["writer"]
-    assert conv._mic.maxlen == bounds["mic"]
-    for name in ("audio", "events"):
-        q = getattr(conv, f"_{name}_q")
-        assert getattr(q, "maxsize", bounds[name]) in (0, bounds[name])
+    assert conv.max_mic_lag == 1.0  # microphone audio: bounded by age and bytes
     tools = ClientTools()
     assert 0 < tools.max_workers <= 64 and 0 < tools.max_pending <= 1024
 
@@ -476,28 +471,73 @@ def test_mic_overflow_drops_the_oldest_chunks() -> None:
 
     fake = FakeWebSocket(on_send=on_send)
     audio = RecordingAudioInterface()
+    lag = 5.0  # long enough that no piece gets too old during the test: the bytes bound acts
+    conv = Conversation(
+        agent_id="a",
+        requires_auth=False,
+        websocket_factory=fake,
+        audio_interface=audio,
+        max_mic_lag=lag,
+    )
+    events = EventLog(conv)
+    conv.start_session()
+    mic = audio.input_callback
+    assert mic is not None
+    total = 800
+    keep = int(32000 * lag + 3200) // 320  # max_mic_lag of audio (+ one piece), 10 ms chunks
+    try:
+        mic(_pcm_chunk(0))
+        assert sending.wait(scaled(5))
+        for i in range(1, total):  # the PortAudio callback: must never block
+            mic(_pcm_chunk(i))
+    finally:
+        gate.set()
+    chunks = fake.wait_for_sent("user_audio_chunk", count=1 + keep, timeout=scaled(5))
+    import base64
+
+    sent = [struct.unpack("<h", base64.b64decode(c["user_audio_chunk"])[:2])[0] for c in chunks]
+    assert sent == [0, *range(total - keep, total)]  # the newest kept, the oldest dropped
+    assert conv.stats["dropped_mic_chunks"] == total - 1 - keep
+    assert conv.stats["dropped_mic_ms"] == 10 * (total - 1 - keep)
+    dropped = events.wait_for("mic_audio_dropped")
+    assert sum(chunks for chunks, _ in dropped) <= total - 1 - keep
+    conv.end_session()
+
+
+def test_control_messages_go_ahead_of_queued_microphone_audio() -> None:
+    sending, gate = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def on_send(fake: FakeWebSocket, message: Any) -> None:
+        if isinstance(message, dict):
+            order.append(str(message.get("type", "user_audio_chunk")))
+            if "user_audio_chunk" in message and not sending.is_set():
+                sending.set()
+                gate.wait(scaled(10))  # a slow uplink: the first audio message is stuck
+
+    fake = FakeWebSocket(on_send=on_send)
+    audio = RecordingAudioInterface()
     conv = Conversation(
         agent_id="a", requires_auth=False, websocket_factory=fake, audio_interface=audio
     )
     conv.start_session()
     mic = audio.input_callback
     assert mic is not None
-    total = 200
     try:
         mic(_pcm_chunk(0))
         assert sending.wait(scaled(5))
-        for i in range(1, total):  # the PortAudio callback: must never block
+        for i in range(1, 20):
             mic(_pcm_chunk(i))
-        assert len(conv._mic) == conversation_module.MIC_QUEUE_CHUNKS
-        assert conv.stats["dropped_mic_chunks"] == total - 1 - conversation_module.MIC_QUEUE_CHUNKS
+        fake.push(ping(5))
+        conv.send_user_message("urgent")
     finally:
         gate.set()
-    keep = conversation_module.MIC_QUEUE_CHUNKS
-    chunks = fake.wait_for_sent("user_audio_chunk", count=1 + keep, timeout=scaled(5))
-    import base64
-
-    sent = [struct.unpack("<h", base64.b64decode(c["user_audio_chunk"])[:2])[0] for c in chunks]
-    assert sent == [0, *range(total - keep, total)]  # the newest kept, the oldest dropped
+    fake.wait_for_sent("user_audio_chunk", count=20, timeout=scaled(5))
+    fake.wait_for_sent("pong", timeout=scaled(5))
+    audio_at = [i for i, kind in enumerate(order) if kind == "user_audio_chunk"]
+    first_audio_after = audio_at[1]  # the first one queued behind the stuck send
+    assert order.index("user_message") < first_audio_after, order
+    assert order.index("pong") < first_audio_after, order
     conv.end_session()
 
 
@@ -505,7 +545,7 @@ def test_writer_queue_full_gives_senders_back_pressure(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     size = 10
-    monkeypatch.setattr(conversation_module, "WRITER_QUEUE_SIZE", size)
+    monkeypatch.setattr(outbox_module, "CONTROL_MAX_ITEMS", size)
     sending, gate = threading.Event(), threading.Event()
 
     def on_send(fake: FakeWebSocket, message: Any) -> None:
@@ -524,7 +564,7 @@ def test_writer_queue_full_gives_senders_back_pressure(
             conv.send_user_message(f"m{i}")
         with pytest.raises(ElevenConvError, match="send queue stayed full"):
             conv.send_user_message("one too many")
-        assert conv._writer_q.qsize() == size
+        assert len(conv._outbox._control) == size
         # A library thread never waits: the reader's pong is dropped (logged), and the
         # reader goes on to the next frame.
         with caplog.at_level(logging.WARNING, logger="elevenconv"):
