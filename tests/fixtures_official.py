@@ -188,7 +188,12 @@ def run_node(
     env = {**os.environ, "NODE_OPTIONS": "--unhandled-rejections=strict"}
     try:
         done = subprocess.run(
-            ["node", str(js_dir / script), json.dumps(params)],
+            # The script's own deadline comes first, so that it can say where it stood.
+            [
+                "node",
+                str(js_dir / script),
+                json.dumps({"deadlineMs": (timeout - 5) * 1000, **params}),
+            ],
             cwd=js_dir,
             capture_output=True,
             text=True,

@@ -613,7 +613,6 @@ def test_browser_voice_over_websocket(
     assert out["reply"].startswith(f"You said: {out['transcript']}")
     assert out["audioAfterReply"] >= 32000
     assert out["maxOutputVolume"] > 0, "the agent's audio was not played"
-    assert out["vadScores"] > 0
     assert out["disconnect"]["reason"] == "user"
     session = sim.wait_for_session_end(scaled(5))
     assert not session.text_only

@@ -11,9 +11,10 @@ import { join } from "node:path";
 
 import { chromium } from "playwright-core";
 
-import { runMain } from "./lib.mjs";
+import { Inbox, runMain } from "./lib.mjs";
 
-runMain(async ({ chromium: executablePath, pageUrl, scenario, params, fakeAudio, timeoutMs = 45000 }) => {
+runMain(async ({ chromium: executablePath, pageUrl, scenario, params, fakeAudio, timeoutMs: baseTimeoutMs = 45000 }) => {
+  const timeoutMs = baseTimeoutMs * Inbox.factor;
   const profile = mkdtempSync(join(tmpdir(), "elevenconv-chromium-"));
   const args = [
     // As the machine's notes say: without these, Chromium's own background connections are
@@ -41,7 +42,7 @@ runMain(async ({ chromium: executablePath, pageUrl, scenario, params, fakeAudio,
     executablePath,
     headless: true,
     args,
-    timeout: 30000,
+    timeout: 30000 * Inbox.factor,
   });
   const consoleLines = [];
   const pageErrors = [];
@@ -53,12 +54,12 @@ runMain(async ({ chromium: executablePath, pageUrl, scenario, params, fakeAudio,
     await page.goto(pageUrl);
     await page.waitForFunction(() => window.harness && window.harness.ready);
     const result = await page.evaluate(
-      ([name, p, ms]) =>
+      ([name, p, ms, factor]) =>
         Promise.race([
-          window.harness.run(name, p),
+          window.harness.run(name, p, factor),
           new Promise((_, reject) => setTimeout(() => reject(new Error(`scenario ${name}: no result within ${ms} ms`)), ms)),
         ]),
-      [scenario, params, timeoutMs],
+      [scenario, params, timeoutMs, Inbox.factor],
     );
     return { result, console: consoleLines, pageErrors, userAgent: await page.evaluate(() => navigator.userAgent) };
   } catch (error) {

@@ -1,8 +1,11 @@
 // Small helpers shared by the node scripts (and the page): an inbox to wait on with a
 // deadline (no sleeps), a WAV reader, the result line.
 
-/** A queue of values; next() resolves with the next one matching, or rejects at the deadline. */
+/** A queue of values; next() resolves with the next one matching, or rejects at the deadline
+ * (scaled by Inbox.factor: ELEVENCONV_TESTS_TIMEOUT_FACTOR, as the Python tests' waits). */
 export class Inbox {
+  static factor = Number((globalThis.process && globalThis.process.env.ELEVENCONV_TESTS_TIMEOUT_FACTOR) || 1);
+
   constructor(name) {
     this.name = name;
     this.items = [];
@@ -31,6 +34,7 @@ export class Inbox {
   next(timeoutMs = 10000, match = () => true, what = "") {
     const i = this.items.findIndex(match);
     if (i >= 0) return Promise.resolve(this.items.splice(i, 1)[0]);
+    timeoutMs *= Inbox.factor;
     return new Promise((resolve, reject) => {
       const w = { match, resolve };
       w.timer = setTimeout(() => {
@@ -60,7 +64,7 @@ export async function runMain(main) {
   const deadline = setTimeout(() => {
     console.log(JSON.stringify({ ok: false, error: "script deadline exceeded" }));
     process.exit(1);
-  }, params.deadlineMs || 60000);
+  }, (params.deadlineMs || 60000) * Inbox.factor);
   try {
     const result = await main(params);
     console.log(JSON.stringify({ ok: true, ...result }));

@@ -222,7 +222,8 @@ const scenarios = {
 
 window.harness = {
   ready: true,
-  async run(name, params) {
+  async run(name, params, timeoutFactor = 1) {
+    Inbox.factor = timeoutFactor;
     const scenario = scenarios[name];
     if (!scenario) throw new Error(`unknown scenario ${name}`);
     return scenario(params);
