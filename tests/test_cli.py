@@ -47,6 +47,7 @@ class Output:
         self.text = ""
         self.raw = ""  # as written, escape sequences included
         self._pos = 0
+        self._title_pos = 0
 
     @property
     def titles(self) -> list[str]:
@@ -83,6 +84,19 @@ class Output:
                     self._pos = m.end()
                     return m
                 raise AssertionError(f"no {pattern!r} in the output:\n{self.text}")
+
+    def expect_title(self, pattern: str, timeout: float = 20.0) -> str:
+        """Wait until a terminal title set after the last one matched matches ``pattern``."""
+        deadline = _now() + scaled(timeout)
+        regex = re.compile(pattern)
+        while True:
+            for i in range(self._title_pos, len(self.titles)):
+                if regex.search(self.titles[i]):
+                    self._title_pos = i + 1
+                    return self.titles[i]
+            left = deadline - _now()
+            if left <= 0 or not self._read(left):
+                raise AssertionError(f"no title {pattern!r} in {self.titles}")
 
     def drain(self, timeout: float = 5.0) -> str:
         deadline = _now() + scaled(timeout)
@@ -382,9 +396,10 @@ def test_voice_without_a_sound_card_through_input_wav(tmp_path: Path) -> None:
     write_wav_pcm16(voice, _tone(440, 1.0))
     agent, mic = tmp_path / "agent.wav", tmp_path / "mic.wav"
     script = tmp_path / "turns.txt"
-    script.write_text("/expect You said: (spoken\nbye\n/wait-end\n")
+    script.write_text("/expect You said: (spoken\n/status\nbye\n/wait-end\n")
     done = run_cli(
         "chat", "--input-wav", str(voice), "--record", str(agent), "--record-mic", str(mic),
+        "--no-echo-cancellation",
         "--sim-tts", "tone", "--sim-realtime-factor", "0", "--script", str(script),
         timeout=60,
     )  # fmt: skip
@@ -392,6 +407,9 @@ def test_voice_without_a_sound_card_through_input_wav(tmp_path: Path) -> None:
     assert "[connected: voice + text" in done.stdout
     assert re.search(r"you \(voice\): \(spoken \d\.\d s\)", done.stdout)
     assert "[agent speaking]" in done.stdout
+    assert re.search(
+        r"\[conversation \w+\] \[listening, mic on, echo cancellation off", done.stdout
+    )
     assert _rms(read_wav_pcm16_16k(agent)) > 300
     recorded_mic = read_wav_pcm16_16k(mic)
     assert len(recorded_mic) >= 32000  # the whole second of tone went to the agent
@@ -534,3 +552,29 @@ def _rms(pcm: bytes) -> float:
     if not samples:
         return 0.0
     return math.sqrt(sum(s * s for s in samples) / len(samples))
+
+
+@pytest.mark.audio
+@pytest.mark.timeout(90)
+def test_live_status_line_in_an_interactive_voice_chat(sound_server: Any, tmp_path: Path) -> None:
+    """In a terminal the status is the window title, updated live (speaking, listening,
+    mute, latency), not lines scrolling through the conversation."""
+    with pty_cli("chat", "--sim-tts", "tone", XDG_STATE_HOME=str(tmp_path), **sound_server.env) as (
+        proc,
+        out,
+        master,
+    ):
+        out.expect(r"\[connected: voice \+ text")
+        out.expect(r"agent: Hello!")
+        out.expect(r"you> ")
+
+        out.expect_title(r"^elevenconv: connected \| agent speaking \| mic on")
+        out.expect_title(r"^elevenconv: connected \| listening \| mic on")
+        os.write(master, b"/mute\n")
+        out.expect(r"\[mic muted\]")
+        out.expect_title(r"\| mic muted")
+        os.write(master, b"/quit\n")
+        out.expect(r"\[conversation ended\]")
+        assert proc.wait(scaled(15)) == 0
+        out.drain(1)
+    assert "[agent speaking]" not in out.text  # that is for scripts and logs
