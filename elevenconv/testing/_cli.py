@@ -24,10 +24,15 @@ Each item is ``{"<step>": <argument>}`` or ``{"<step>": {<keyword arguments>}}``
     [
       {"expect": "user_message"},
       {"say": "Hello from the script"},
-      {"send": {"message": {"type": "guardrail_triggered"}}},
+      {"emit": "guardrail_triggered"},
+      {"emit": {"message_type": "context_usage", "context_tokens": 900}},
+      {"say": {"text": "Here", "attachments": [{"url": "https://x/a.pdf", "name": "a.pdf"}]}},
       {"expect": {"match": "user_message", "timeout": 30}},
       {"close": {"code": 1000, "reason": "bye"}}
     ]
+
+``emit`` sends any server message type (valid, from the contract's example, honouring the
+agent's ``client_events``); ``send`` sends exactly the message given.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from elevenconv._audioformat import AgentAudioDecoder
 from elevenconv.testing._contract import client_message_kind
 from elevenconv.testing._sim_audio import EnergyVad, encode_chunks, format_seconds, speech_pcm16k
+from elevenconv.testing._sim_messages import server_message
 from elevenconv.testing._sim_script import (
     ScriptFailure,
     agent_response_message,
@@ -51,6 +52,28 @@ __all__ = ["GOODBYE", "AgentWorker"]
 GOODBYE = "Goodbye! It was nice talking to you."
 
 _END_RE = re.compile(r"\b(bye|goodbye|end the call|hang up)\b")
+# Rules that show the server messages beyond a plain reply (see AgentWorker docstring).
+_GUARDRAIL_RE = re.compile(r"\bguardrail\b")
+_MCP_RE = re.compile(r"\b(refund|mcp)\b")
+_CONTEXT_RE = re.compile(r"\b(context|tokens)\b")
+_RICH_RE = re.compile(r"\b(options|menu)\b")
+_ATTACH_RE = re.compile(r"\b(attach\w*|document)\b")
+_HUMAN_RE = re.compile(r"\b(human|operator)\b")
+_REASON_RE = re.compile(r"\b(think|reasoning)\b")
+
+#: The MCP tool the default agent calls (after the user's approval) for "refund".
+MCP_SERVICE_ID = "sim-mcp"
+MCP_TOOL_NAME = "lookup_refund_policy"
+MCP_RESULT = "Refunds are possible within 30 days."
+#: The rich content the default agent shows for "options" / "menu".
+RICH_OPTIONS = ("Billing", "Shipping", "Something else")
+#: The file the default agent attaches for "attach" / "document".
+ATTACHMENT = {
+    "url": "https://files.sim.invalid/report.pdf",
+    "name": "report.pdf",
+    "mime_type": "application/pdf",
+}
+CONTEXT_LIMIT = 128000
 _GREETING_RE = re.compile(r"\b(hello|hi|hey|good (morning|afternoon|evening))\b")
 
 _STOP = object()
@@ -62,11 +85,37 @@ class _Utterance:
     chunks: list[bytes]
     then: Callable[[], None] | None
     started: float = 0.0
+    attachments: list[dict[str, Any]] | None = None
 
 
 class AgentWorker:
     """The default agent of one connection. Create, :meth:`start`, :meth:`feed` every
-    client message (handler thread), then :meth:`stop` and :meth:`join`."""
+    client message (handler thread), then :meth:`stop` and :meth:`join`.
+
+    Rules, on words of what the user says or types (first match wins; every message goes
+    through the agent's ``client_events``):
+
+    * "bye", "goodbye", "hang up": goodbye, ``agent_tool_response`` ``end_call``, close 1000.
+    * a tool keyword (default "time"): ``client_tool_call``, then the result is spoken.
+    * "guardrail": ``guardrail_triggered``, then a refusal.
+    * "refund" / "mcp": an MCP tool call that needs approval: ``agent_tool_request``,
+      ``mcp_tool_call`` ``awaiting_approval`` (``approval_timeout_secs`` 30); after
+      ``mcp_tool_approval_result``: ``loading`` and ``success`` (or ``failure`` when
+      refused or after the timeout), ``agent_tool_response``, then the answer.
+    * "context" / "tokens": ``context_usage``, then the figures are spoken.
+    * "options" / "menu": ``rich_content`` (a ``buttons`` component with
+      :data:`RICH_OPTIONS`), then "Pick one."; a ``user_message`` with the
+      ``rich_content_id`` is answered with the choice.
+    * "attach" / "document": a reply whose ``agent_response`` carries :data:`ATTACHMENT`.
+    * "human" / "operator": ``external_agent_connected``, ``agent_typing`` (on, off), a
+      reply from the operator, ``external_agent_disconnected``.
+    * "think" / "reasoning": ``agent_reasoning_response_part`` start/delta/stop first.
+    * otherwise a greeting or an echo.
+
+    At the start, when enabled: ``mcp_connection_status`` and (voice)
+    ``asr_initiation_metadata``. With ``internal_tentative_agent_response`` enabled each
+    reply is previewed by one; ``vad_score`` is sent only when enabled.
+    """
 
     def __init__(
         self,
@@ -90,6 +139,8 @@ class AgentWorker:
         self._current: _Utterance | None = None
         self._queued: deque[_Utterance] = deque()
         self._pending_tools: dict[str, ToolRule] = {}
+        self._pending_mcp: dict[str, dict[str, Any]] = {}
+        self._rich_ids: set[str] = set()
         self._user_fault_used = False
         self._ended = False
         # Handler-thread state (audio in).
@@ -127,9 +178,14 @@ class AgentWorker:
         if kind == "user_audio_chunk":
             self._hear(msg["user_audio_chunk"])
         elif kind == "user_message" and isinstance(msg.get("text"), str):
-            self._inbox.put(("text", msg["text"]))
+            if isinstance(msg.get("rich_content_id"), str):
+                self._inbox.put(("rich_choice", msg))
+            else:
+                self._inbox.put(("text", msg["text"]))
         elif kind == "client_tool_result":
             self._inbox.put(("tool_result", msg))
+        elif kind == "mcp_tool_approval_result":
+            self._inbox.put(("mcp_approval", msg))
         elif kind == "multimodal_message":
             text = msg.get("text") or {}
             if isinstance(text.get("text"), str):
@@ -143,6 +199,8 @@ class AgentWorker:
         pcm = self._decoder.decode(base64.b64decode(audio_b64))
         for event in self._vad.process(pcm):
             if event.kind == "score":
+                if not self.session.sends("vad_score"):
+                    continue  # disabled: not even counted as suppressed (one per chunk)
                 self.session.send(
                     {"type": "vad_score", "vad_score_event": {"vad_score": event.value}}
                 )
@@ -170,7 +228,27 @@ class AgentWorker:
         except Exception:  # noqa: S110 - best effort on the way out
             pass
 
+    def _startup_messages(self) -> None:
+        session = self.session
+        if session.sends("mcp_connection_status"):
+            session.send(self._message("mcp_connection_status"))
+        if not session.text_only and session.sends("asr_initiation_metadata"):
+            session.send(
+                {
+                    "type": "asr_initiation_metadata",
+                    "asr_initiation_metadata_event": {
+                        "asr_provider": "simulator",
+                        "user_input_audio_format": session.agent.input_format,
+                        "language": session.language,
+                    },
+                }
+            )
+
+    def _message(self, message_type: str, **fields: Any) -> dict[str, Any]:
+        return server_message(message_type, self.session.next_event_id, **fields)
+
     def _loop(self) -> None:
+        self._startup_messages()
         if self.ping_interval:
             self._schedule(self.ping_interval, self._ping)
         self._run_fault_steps(self.faults.after_metadata)
@@ -205,6 +283,10 @@ class AgentWorker:
             self._on_user_text(value)
         elif kind == "tool_result":
             self._on_tool_result(value)
+        elif kind == "mcp_approval":
+            self._on_mcp_approval(value)
+        elif kind == "rich_choice":
+            self._on_rich_choice(value)
         elif kind == "start":
             self._on_speech_start()
         elif kind == "end":
@@ -257,6 +339,8 @@ class AgentWorker:
             if re.search(rf"\b{re.escape(keyword.lower())}\b", lower):
                 self._call_tool(rule)
                 return
+        if self._special_reply(lower):
+            return
         hint = "say bye to end the call"
         if agent.tools:
             hint = f"ask me about {' or '.join(agent.tools)}, or {hint}"
@@ -265,14 +349,155 @@ class AgentWorker:
         else:
             self._speak(f"You said: {text.strip()}. You can {hint}.")
 
-    def _speak(self, text: str, then: Callable[[], None] | None = None) -> None:
+    # -- the rules beyond plain replies ----------------------------------------------------
+
+    def _special_reply(self, lower: str) -> bool:
+        session = self.session
+        if _GUARDRAIL_RE.search(lower):
+            session.send({"type": "guardrail_triggered"})
+            self._speak("Sorry, I can't help with that.")
+        elif _MCP_RE.search(lower):
+            self._start_mcp_call()
+        elif _CONTEXT_RE.search(lower):
+            used = 1200 + 150 * len(session.responses)
+            session.send(
+                self._message(
+                    "context_usage",
+                    model="sim-llm",
+                    context_tokens=used,
+                    context_limit_tokens=CONTEXT_LIMIT,
+                )
+            )
+            self._speak(f"I have used {used} of {CONTEXT_LIMIT} context tokens.")
+        elif _RICH_RE.search(lower):
+            rich_id = f"rc_sim_{secrets.token_hex(4)}"
+            self._rich_ids.add(rich_id)
+            session.send(
+                self._message(
+                    "rich_content",
+                    rich_content_id=rich_id,
+                    component="buttons",
+                    props={"title": "How can I help?", "options": list(RICH_OPTIONS)},
+                )
+            )
+            self._speak("Pick one.")
+        elif _ATTACH_RE.search(lower):
+            self._speak("Here is the document you asked for.", attachments=[ATTACHMENT])
+        elif _HUMAN_RE.search(lower):
+            session.send({"type": "external_agent_connected"})
+            session.send(self._message("agent_typing", is_typing=True, duration_ms=None))
+            session.send(self._message("agent_typing", is_typing=False, duration_ms=300))
+            self._speak("Hi, this is a human operator. I will hand you back to the agent.")
+            session.send({"type": "external_agent_disconnected"})
+        elif _REASON_RE.search(lower):
+            reasoning = "The user wants me to think first."
+            for part, text in (("start", ""), ("delta", reasoning), ("stop", "")):
+                session.send(
+                    {
+                        "type": "agent_reasoning_response_part",
+                        "reasoning_response_part": {
+                            "text": text,
+                            "type": part,
+                            "event_id": f"reason_{len(session.responses)}",
+                        },
+                    }
+                )
+            self._speak("I thought about it: yes.")
+        else:
+            return False
+        return True
+
+    def _start_mcp_call(self) -> None:
+        session = self.session
+        call_id = f"sim_mcp_{secrets.token_hex(6)}"
+        base = {
+            "service_id": MCP_SERVICE_ID,
+            "tool_call_id": call_id,
+            "tool_name": MCP_TOOL_NAME,
+            "tool_description": "Look up the refund policy",
+            "parameters": {"topic": "refund"},
+        }
+        self._pending_mcp[call_id] = base
+        session.send(
+            self._message(
+                "agent_tool_request", tool_name=MCP_TOOL_NAME, tool_call_id=call_id, tool_type="mcp"
+            )
+        )
+        timeout = 30
+        session.send(
+            self._message(
+                "mcp_tool_call", state="awaiting_approval", approval_timeout_secs=timeout, **base
+            )
+        )
+        self._schedule(timeout, lambda: self._finish_mcp(call_id, None))
+
+    def _on_mcp_approval(self, msg: dict[str, Any]) -> None:
+        if msg["tool_call_id"] not in self._pending_mcp:
+            self.session.record_error(
+                f"mcp_tool_approval_result for unknown tool_call_id {msg['tool_call_id']!r}"
+            )
+            return
+        self._finish_mcp(msg["tool_call_id"], bool(msg["is_approved"]))
+
+    def _finish_mcp(self, call_id: str, approved: bool | None) -> None:
+        base = self._pending_mcp.pop(call_id, None)
+        if base is None:
+            return  # answered already (or the timeout after an answer)
+        session = self.session
+        if approved:
+            session.send(self._message("mcp_tool_call", state="loading", **base))
+            session.send(
+                self._message(
+                    "mcp_tool_call",
+                    state="success",
+                    result=[{"type": "text", "text": MCP_RESULT}],
+                    **base,
+                )
+            )
+            text = MCP_RESULT
+        else:
+            why = "refused by the user" if approved is False else "approval timed out"
+            session.send(self._message("mcp_tool_call", state="failure", error_message=why, **base))
+            text = f"I could not look that up: the tool call was {why}."
+        session.send(
+            self._message(
+                "agent_tool_response",
+                tool_name=MCP_TOOL_NAME,
+                tool_call_id=call_id,
+                tool_type="mcp",
+                is_error=not approved,
+                is_called=bool(approved),
+            )
+        )
+        self._speak(text)
+
+    def _on_rich_choice(self, msg: dict[str, Any]) -> None:
+        if msg["rich_content_id"] not in self._rich_ids:
+            self._on_user_text(msg["text"])
+            return
+        self._speak(f"You chose {msg['text'].strip()}.")
+
+    def _speak(
+        self,
+        text: str,
+        then: Callable[[], None] | None = None,
+        *,
+        attachments: list[dict[str, Any]] | None = None,
+    ) -> None:
         session = self.session
         record = ResponseRecord(session.next_event_id(), text)
+        if session.sends("internal_tentative_agent_response"):
+            session.send(
+                {
+                    "type": "internal_tentative_agent_response",
+                    "tentative_agent_response_internal_event": {"tentative_agent_response": text},
+                }
+            )
         if session.text_only:
             session.responses.append(record)
             for msg in chat_part_messages(text, record.event_id):
                 session.send(msg)
-            session.send(agent_response_message(text, record.event_id))
+            session.send(agent_response_message(text, record.event_id, attachments))
             if then is not None:
                 then()
             return
@@ -284,7 +509,7 @@ class AgentWorker:
         record.chunks_total = len(chunks)
         record.audio_seconds = format_seconds(sum(map(len, chunks)), session.agent.output_format)
         session.responses.append(record)  # complete before anyone can see it
-        utterance = _Utterance(record, chunks, then)
+        utterance = _Utterance(record, chunks, then, attachments=attachments)
         if self._current is None:
             self._begin(utterance)
         else:
@@ -293,7 +518,11 @@ class AgentWorker:
     def _begin(self, utterance: _Utterance) -> None:
         self._current = utterance
         utterance.started = time.monotonic()
-        self.session.send(agent_response_message(utterance.record.text, utterance.record.event_id))
+        self.session.send(
+            agent_response_message(
+                utterance.record.text, utterance.record.event_id, utterance.attachments
+            )
+        )
         self._send_chunk(utterance)
 
     def _send_chunk(self, utterance: _Utterance) -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import base64
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from elevenconv.errors import ConfigurationError
 from elevenconv.testing._contract import client_message_kind
 from elevenconv.testing._sim_audio import encode_chunks, speech_pcm16k
+from elevenconv.testing._sim_messages import server_message
 from elevenconv.testing._sim_session import SessionOver, SimSession, SimulatorError
 from elevenconv.testing._sim_steps import MessageMatch, Step
 
@@ -41,12 +43,14 @@ def chat_part_messages(text: str, event_id: int) -> list[dict[str, Any]]:
     return [part("start", ""), *(part("delta", d) for d in deltas), part("stop", "")]
 
 
-def agent_response_message(text: str, event_id: int) -> dict[str, Any]:
-    """An ``agent_response`` message."""
-    return {
-        "type": "agent_response",
-        "agent_response_event": {"agent_response": text, "event_id": event_id},
-    }
+def agent_response_message(
+    text: str, event_id: int, attachments: Iterable[Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
+    """An ``agent_response`` message (with ``attachments`` if given)."""
+    event: dict[str, Any] = {"agent_response": text, "event_id": event_id}
+    if attachments is not None:
+        event["attachments"] = [dict(a) for a in attachments]
+    return {"type": "agent_response", "agent_response_event": event}
 
 
 def audio_message(chunk: bytes, event_id: int) -> dict[str, Any]:
@@ -57,16 +61,22 @@ def audio_message(chunk: bytes, event_id: int) -> dict[str, Any]:
     }
 
 
-def say_now(session: SimSession, text: str, *, audio: bool | None = None) -> int:
+def say_now(
+    session: SimSession,
+    text: str,
+    *,
+    audio: bool | None = None,
+    attachments: Iterable[Mapping[str, Any]] | None = None,
+) -> int:
     """Speak ``text`` at once (no pacing); returns the event id used."""
     event_id = session.next_event_id()
     voice = (not session.text_only) if audio is None else audio
     if not voice:
         for msg in chat_part_messages(text, event_id):
             session.send(msg)
-        session.send(agent_response_message(text, event_id))
+        session.send(agent_response_message(text, event_id, attachments))
         return event_id
-    session.send(agent_response_message(text, event_id))
+    session.send(agent_response_message(text, event_id, attachments))
     pcm = speech_pcm16k(text, session.tts)
     for chunk in encode_chunks(pcm, session.agent.output_format, session.audio_chunk_seconds):
         session.send(audio_message(chunk, event_id))
@@ -105,7 +115,13 @@ def run_steps(session: SimSession, steps: Iterable[Step], *, stopping: threading
 def _run_step(session: SimSession, step: Step, stopping: threading.Event) -> None:
     kind, args = step.kind, step.args
     if kind == "send":
-        session.send(args["message"], validate=args["validate"])
+        session.send(args["message"], validate=args["validate"], filtered=False)
+    elif kind == "emit":
+        try:
+            message = server_message(args["message_type"], session.next_event_id, **args["fields"])
+        except ConfigurationError as exc:
+            raise ScriptFailure(str(exc)) from exc
+        session.send(message)
     elif kind == "metadata":
         session.send_metadata(
             conversation_id=args["conversation_id"],
@@ -113,7 +129,7 @@ def _run_step(session: SimSession, step: Step, stopping: threading.Event) -> Non
             input_format=args["input_format"],
         )
     elif kind == "say":
-        say_now(session, args["text"], audio=args["audio"])
+        say_now(session, args["text"], audio=args["audio"], attachments=args.get("attachments"))
     elif kind == "ping":
         session.send_ping()
     elif kind in ("expect", "wait_for"):

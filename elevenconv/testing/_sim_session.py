@@ -19,7 +19,7 @@ import struct
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection
 
 from elevenconv.errors import ConfigurationError
+from elevenconv.testing._contract import _CLIENT_EVENTS as _CONTRACT_CLIENT_EVENTS
 from elevenconv.testing._contract import (
     AUDIO_FORMATS,
     client_message_kind,
@@ -106,6 +107,54 @@ DEFAULT_TOOLS: Mapping[str, ToolRule] = MappingProxyType(
 )
 
 
+#: What the service sends when an agent's configuration names no ``client_events`` (the
+#: contract's documented default): no ``client_tool_call``, no text parts, no ``vad_score``.
+#: Give an agent ``client_events=CONTRACT_DEFAULT_CLIENT_EVENTS`` to reproduce it.
+CONTRACT_DEFAULT_CLIENT_EVENTS: frozenset[str] = frozenset(
+    {
+        "audio",
+        "interruption",
+        "agent_response",
+        "user_transcript",
+        "tentative_user_transcript",
+        "conversation_initiation_metadata",
+        "ping",
+    }
+)
+
+#: The simulator's agents' ``client_events`` unless given: every server event, like an
+#: agent with the usual boxes ticked, except ``vad_score``, the ``internal_*`` ones and the
+#: start-up messages ``asr_initiation_metadata`` and ``mcp_connection_status`` (enable them
+#: to receive them).
+SIM_CLIENT_EVENTS: frozenset[str] = frozenset(_CONTRACT_CLIENT_EVENTS) - {
+    "vad_score",
+    "internal_turn_probability",
+    "internal_tentative_agent_response",
+    "asr_initiation_metadata",
+    "mcp_connection_status",
+}
+
+#: Sent whatever ``client_events`` says (a client cannot start, or learn why it ended).
+ALWAYS_SENT: frozenset[str] = frozenset(
+    {"conversation_initiation_metadata", "error", "client_error"}
+)
+
+
+def _client_events(value: Iterable[str] | None, where: str) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise ConfigurationError(f"{where}: client_events must be a list of event names")
+    events = frozenset(value)
+    unknown = sorted(events - set(_CONTRACT_CLIENT_EVENTS))
+    if unknown:
+        raise ConfigurationError(
+            f"{where}: unknown client_events {unknown}; use names of server messages "
+            f"({', '.join(_CONTRACT_CLIENT_EVENTS)})"
+        )
+    return events
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     """A simulated agent. Create with :meth:`AgentSimulator.add_agent` (or directly).
@@ -127,6 +176,10 @@ class AgentConfig:
         allow_overrides: ``False`` answers any ``conversation_config_override`` with an
             ``override_error`` and close 1008, as a locked-down real agent does.
         faults: :class:`Faults` for this agent's conversations.
+        client_events: the server events the agent sends (others are not sent: they are
+            counted in ``SimSession.suppressed``); ``None``: :data:`SIM_CLIENT_EVENTS`.
+            :data:`CONTRACT_DEFAULT_CLIENT_EVENTS` is what the service sends for an agent
+            that names none. A client's ``conversation.client_events`` override replaces it.
     """
 
     agent_id: str
@@ -141,8 +194,10 @@ class AgentConfig:
     respond: Callable[[str], str | None] | None = None
     allow_overrides: bool = True
     faults: Faults = field(default_factory=Faults)
+    client_events: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "client_events", _client_events(self.client_events, "AgentConfig"))
         for name in ("output_format", "input_format"):
             if getattr(self, name) not in AUDIO_FORMATS:
                 raise ConfigurationError(
@@ -287,9 +342,10 @@ class SimSession:
     ``user_id``, ``source_info``.
 
     Activity: ``feedback``, ``contextual_updates`` (texts), ``user_activity_count``,
-    ``multimodal_messages``, ``tool_results``, ``user_texts``, ``responses``
+    ``multimodal_messages``, ``tool_results``, ``mcp_approvals``, ``user_texts``, ``responses``
     (:class:`ResponseRecord`), ``interruptions`` (event ids), ``pong_delays`` (seconds),
-    ``metadata_sent``.
+    ``metadata_sent``, ``client_events`` (what this conversation sends, after any override)
+    and ``suppressed`` (types not sent because ``client_events`` leave them out).
 
     End: ``ended`` (bool), ``close_code`` / ``close_reason`` (the first close frame,
     ``None`` if the TCP connection dropped without one), ``closed_by``
@@ -340,6 +396,9 @@ class SimSession:
         self.overrides: dict[str, Any] = {}
         self.first_message: str | None = agent.first_message
         self.text_only = agent.text_only
+        self.client_events: frozenset[str] = (
+            agent.client_events if agent.client_events is not None else SIM_CLIENT_EVENTS
+        )
         self.language = agent.language
         self.tts_override: dict[str, Any] | None = None
         self.dynamic_variables: dict[str, Any] = {}
@@ -357,6 +416,8 @@ class SimSession:
         self.responses: list[ResponseRecord] = []
         self.interruptions: list[int] = []
         self.pong_delays: list[float] = []
+        self.mcp_approvals: list[dict[str, Any]] = []
+        self.suppressed: list[str] = []
         # End.
         self.ended = False
         self.ended_at: float | None = None
@@ -382,8 +443,22 @@ class SimSession:
 
     # -- sending (any thread) ------------------------------------------------------------
 
-    def send(self, message: Mapping[str, Any] | str | bytes, *, validate: bool = True) -> None:
+    def sends(self, message_type: str) -> bool:
+        """Whether this conversation's ``client_events`` let a ``message_type`` through."""
+        return message_type in ALWAYS_SENT or message_type in self.client_events
+
+    def send(
+        self,
+        message: Mapping[str, Any] | str | bytes,
+        *,
+        validate: bool = True,
+        filtered: bool = True,
+    ) -> None:
         """Send one message: a dict as JSON text, ``str`` verbatim, ``bytes`` as binary.
+
+        A dict whose ``type`` the conversation's ``client_events`` do not enable is not
+        sent (``filtered=False`` sends it anyway): its type is appended to
+        :attr:`suppressed`, as the service silently drops it.
 
         Any thread; sends are serialised by a lock, so messages never interleave and the
         transcript order is the wire order. A dict is checked against the contract first
@@ -394,6 +469,11 @@ class SimSession:
         """
         if isinstance(message, Mapping):
             payload: dict[str, Any] | str | bytes = dict(message)
+            kind = message.get("type")
+            if filtered and isinstance(kind, str) and not self.sends(kind):
+                with self._send_lock:
+                    self.suppressed.append(kind)
+                return
             if validate:
                 problems = validate_server_message(payload)
                 if problems:
@@ -550,6 +630,8 @@ class SimSession:
             self.multimodal_messages.append(msg)
         elif kind == "client_tool_result":
             self.tool_results.append(msg)
+        elif kind == "mcp_tool_approval_result":
+            self.mcp_approvals.append(msg)
         elif kind == "user_message" and isinstance(msg.get("text"), str):
             self.user_texts.append(msg["text"])
 
@@ -576,6 +658,8 @@ class SimSession:
         conversation = overrides.get("conversation") or {}
         if conversation.get("text_only") is not None:
             self.text_only = bool(conversation["text_only"])
+        if conversation.get("client_events") is not None:
+            self.client_events = frozenset(conversation["client_events"])
         self.dynamic_variables = dict(msg.get("dynamic_variables") or {})
         self.custom_llm_extra_body = msg.get("custom_llm_extra_body")
         self.user_id = msg.get("user_id")

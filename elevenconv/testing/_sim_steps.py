@@ -95,11 +95,33 @@ class Step:
         )
 
     @staticmethod
-    def say(text: str, *, audio: bool | None = None) -> Step:
+    def say(
+        text: str,
+        *,
+        audio: bool | None = None,
+        attachments: Iterable[Mapping[str, Any]] | None = None,
+    ) -> Step:
         """Speak ``text`` at once (not paced): ``agent_response`` plus audio chunks in voice
         mode, or streamed ``agent_chat_response_part`` messages then ``agent_response`` in
-        text-only mode. ``audio`` forces voice (``True``) or text (``False``)."""
-        return Step._make("say", text=text, audio=audio)
+        text-only mode. ``audio`` forces voice (``True``) or text (``False``).
+        ``attachments``: ``{"url", "name", "mime_type"?}`` dicts the reply carries."""
+        items = None if attachments is None else tuple(dict(a) for a in attachments)
+        return Step._make("say", text=text, audio=audio, attachments=items)
+
+    @staticmethod
+    def emit(message_type: str, **fields: Any) -> Step:
+        """Send a valid ``message_type`` message (any server type), built from the
+        contract's example with a fresh event id; ``fields`` replace fields of its event
+        object, e.g. ``Step.emit("context_usage", context_tokens=900)`` or
+        ``Step.emit("mcp_tool_call", state="awaiting_approval", tool_name="refund")``.
+
+        Unlike :meth:`send`, it honours the agent's ``client_events`` (a type they leave
+        out is not sent). Raises :class:`ConfigurationError` for an unknown type or field.
+        """
+        from elevenconv.testing._sim_messages import server_message
+
+        server_message(message_type, lambda: 1, **fields)  # fail now, not mid-script
+        return Step._make("emit", message_type=message_type, fields=dict(fields))
 
     @staticmethod
     def ping() -> Step:

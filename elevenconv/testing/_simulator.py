@@ -76,8 +76,10 @@ from elevenconv.testing._sim_agent import GOODBYE, AgentWorker
 from elevenconv.testing._sim_audio import EnergyVad, TtsEngine
 from elevenconv.testing._sim_script import ScriptFailure, run_steps
 from elevenconv.testing._sim_session import (
+    CONTRACT_DEFAULT_CLIENT_EVENTS,
     DEFAULT_FIRST_MESSAGE,
     DEFAULT_TOOLS,
+    SIM_CLIENT_EVENTS,
     AgentConfig,
     Recorder,
     ResponseRecord,
@@ -91,10 +93,12 @@ from elevenconv.testing._sim_session import (
 from elevenconv.testing._sim_steps import MIB, Faults, MessageMatch, Step, script_takes_handshake
 
 __all__ = [
+    "CONTRACT_DEFAULT_CLIENT_EVENTS",
     "DEFAULT_AGENT_ID",
     "DEFAULT_FIRST_MESSAGE",
     "DEFAULT_TOOLS",
     "GOODBYE",
+    "SIM_CLIENT_EVENTS",
     "AgentConfig",
     "AgentSimulator",
     "Faults",
@@ -454,6 +458,7 @@ class AgentSimulator:
         respond: Callable[[str], str | None] | None = None,
         allow_overrides: bool = True,
         faults: Faults | Mapping[str, Any] | None = None,
+        client_events: Iterable[str] | None = None,
     ) -> AgentConfig:
         """Add (or replace) an agent and return its :class:`AgentConfig`.
 
@@ -461,7 +466,10 @@ class AgentSimulator:
         pair or a tool name: ``{"weather": ("get_weather", {"city": "Paris"})}`` makes
         "what's the weather?" call the client tool ``get_weather``. ``None`` keeps the
         default (``"time"`` -> ``get_current_time``). See :class:`AgentConfig` for the rest.
-        Takes effect for connections opened afterwards.
+        ``client_events``: the server events this agent sends (default
+        :data:`SIM_CLIENT_EVENTS`; :data:`CONTRACT_DEFAULT_CLIENT_EVENTS` is the service's
+        default for an agent that names none). Takes effect for connections opened
+        afterwards.
         """
         config = AgentConfig(
             agent_id,
@@ -476,6 +484,7 @@ class AgentSimulator:
             respond=respond,
             allow_overrides=allow_overrides,
             faults=Faults.coerce(faults) or Faults(),
+            client_events=None if client_events is None else frozenset(client_events),
         )
         with self._lock:
             self._agents[agent_id] = config

@@ -277,14 +277,18 @@ def test_script_steps_map_to_step_methods(tmp_path: Path) -> None:
                 {"send": {"message": {"type": "ping", "ping_event": {"event_id": 9}}}},
                 {"binary": "raw"},
                 {"wait_for": {"match": "pong", "timeout": 3}},
+                {"emit": "guardrail_triggered"},
+                {"emit": {"message_type": "context_usage", "context_tokens": 5}},
+                {"say": {"text": "f", "attachments": [{"url": "u", "name": "n"}]}},
                 {"drop": {"reset": True}},
             ]
         )
     )
     steps = load_script(script)
     assert [s.kind for s in steps] == [
-        "metadata", "ping", "sleep", "send", "send", "wait_for", "drop",
+        "metadata", "ping", "sleep", "send", "send", "wait_for", "emit", "emit", "say", "drop",
     ]  # fmt: skip
+    assert steps[7].args["fields"] == {"context_tokens": 5}
     assert steps[3].args["message"] == {"type": "ping", "ping_event": {"event_id": 9}}
     assert steps[4].args["message"] == b"raw"
 

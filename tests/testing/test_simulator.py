@@ -26,6 +26,7 @@ from elevenconv.testing import AgentSimulator, Step
 from elevenconv.testing._simulator import (
     DEFAULT_FIRST_MESSAGE,
     GOODBYE,
+    SIM_CLIENT_EVENTS,
     AgentConfig,
     Faults,
     SimSession,
@@ -455,7 +456,9 @@ def test_espeak_voice_when_installed(connect: Callable[..., Client]) -> None:
 def test_vad_barge_in_interrupts_and_corrects(connect: Callable[..., Client]) -> None:
     # Real-time pacing so that the agent is still speaking when the user starts.
     with AgentSimulator(ping_interval=None, audio_realtime_factor=1.0, tts="tone") as sim:
-        client = connect(sim.ws_url())
+        # vad_score is sent only to agents that enable it (not the default).
+        sim.add_agent("vad-agent", client_events=SIM_CLIENT_EVENTS | {"vad_score"})
+        client = connect(sim.ws_url("vad-agent"))
         client.start()
         first_id = client.expect("agent_response")["agent_response_event"]["event_id"]
         client.expect("audio")
