@@ -315,12 +315,14 @@ class NetLab:
         self._relay = proc
 
 
-def spawn_local_server(*, ping_interval: float | None = None, python: str = sys.executable
-                       ) -> NetServer:  # fmt: skip
+def spawn_local_server(
+    *, ping_interval: float | None = None, metadata: bool = True, python: str = sys.executable
+) -> NetServer:
     """A :class:`NetServer` on 127.0.0.1 (any free port), no namespace: for measurements
-    that need the server in another process but no impairment."""
+    that need the server in another process but no impairment. ``metadata=False``: it never
+    answers the initiation."""
     argv = [python, "-u", os.path.abspath(__file__), "server", "127.0.0.1", "0",
-            str(ping_interval or 0)]  # fmt: skip
+            str(ping_interval or 0)] + ([] if metadata else ["--no-metadata"])  # fmt: skip
     return NetServer(argv, "127.0.0.1")
 
 
@@ -592,6 +594,23 @@ if pytest is not None:
             for lab in labs:
                 lab.close()
 
+    @pytest.fixture
+    def local_server() -> Iterator[Callable[..., NetServer]]:
+        """``local_server(ping_interval=None, metadata=True)`` -> a :class:`NetServer`
+        process on 127.0.0.1 (no namespace, no root needed); killed after the test."""
+        servers: list[NetServer] = []
+
+        def make(**kwargs: Any) -> NetServer:
+            server = spawn_local_server(**kwargs)
+            servers.append(server)
+            return server
+
+        try:
+            yield make
+        finally:
+            for server in servers:
+                server.kill()
+
 
 # ======================================================================================
 # Processes inside the namespaces
@@ -645,8 +664,9 @@ def _relay_main(if_a: str, if_b: str, delay: float) -> None:
                     s.send(frame)
 
 
-def _server_main(host: str, port: int, ping_interval: float) -> None:
-    """A minimal Agents endpoint reporting every message as a JSON line (see NetServer)."""
+def _server_main(host: str, port: int, ping_interval: float, metadata: bool = True) -> None:
+    """A minimal Agents endpoint reporting every message as a JSON line (see NetServer).
+    ``metadata=False``: never answer the initiation (a start that hangs)."""
     import base64
 
     from websockets.exceptions import ConnectionClosed
@@ -700,6 +720,9 @@ def _server_main(host: str, port: int, ping_interval: float) -> None:
         stop = threading.Event()
         try:
             record(ws.recv())
+            if not metadata:
+                for data in ws:
+                    record(data)
             ws.send(
                 json.dumps(
                     {
@@ -747,6 +770,8 @@ if __name__ == "__main__":
     if sys.argv[1] == "relay":
         _relay_main(sys.argv[2], sys.argv[3], float(sys.argv[4]))
     elif sys.argv[1] == "server":
-        _server_main(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+        _server_main(
+            sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), "--no-metadata" not in sys.argv
+        )
     else:
         raise SystemExit(f"usage: {sys.argv[0]} relay IF_A IF_B DELAY | server HOST PORT PING_S")
