@@ -671,3 +671,48 @@ def test_browser_against_the_simulate_command(
     statuses = [r["status"] for r in data["http_requests"]]
     assert statuses == [204, 200, 101]  # CORS preflight (xi-api-key header), signed URL, WS
     assert "conversation_signature=<redacted>" in json.dumps(data["http_requests"])
+
+
+def test_browser_named_callbacks_for_every_server_message(
+    official_sim: AgentSimulator,
+    contract: ContractChecks,
+    js_dir: Path,
+    chromium: str,
+    page_url: str,
+) -> None:
+    """The default agent's rules for the messages beyond chat reach the browser client's
+    named callbacks: guardrail, MCP tool call approved through onMCPToolApprovalRequest
+    (the client answers mcp_tool_approval_result), context usage, rich content answered by
+    id, attachments, a human operator typing, reasoning parts, MCP connection status."""
+    from elevenconv.testing._sim_agent import ATTACHMENT, MCP_RESULT, MCP_TOOL_NAME, RICH_OPTIONS
+    from elevenconv.testing._sim_session import SIM_CLIENT_EVENTS
+
+    sim = official_sim
+    sim.add_agent("sim-events", client_events=SIM_CLIENT_EVENTS | {"mcp_connection_status"})
+    out = browser(js_dir, chromium, page_url, sim, "events", agentId="sim-events")
+    assert out["greeting"] == DEFAULT_FIRST_MESSAGE
+    assert out["mcpStatus"]["integrations"]
+    assert out["guardrailReply"] == "Sorry, I can't help with that."
+    assert out["toolRequest"]["tool_name"] == MCP_TOOL_NAME
+    assert out["approvalRequest"]["state"] == "awaiting_approval"
+    assert out["mcpStates"] == ["awaiting_approval", "loading", "success"]
+    assert (out["toolResponse"]["tool_name"], out["toolResponse"]["is_error"]) == (
+        MCP_TOOL_NAME,
+        False,
+    )
+    assert out["mcpReply"] == MCP_RESULT
+    assert out["contextUsage"]["context_tokens"] > 0
+    assert out["richContent"]["props"]["options"] == list(RICH_OPTIONS)
+    assert out["choiceReply"] == f"You chose {RICH_OPTIONS[1]}."
+    assert out["attachments"] == [ATTACHMENT]
+    assert [t["is_typing"] for t in out["typing"]] == [True, False]
+    assert [p["type"] for p in out["reasoning"]] == ["start", "delta", "stop"]
+    assert out["chatParts"] > 0  # text mode streams agent_chat_response_part
+    assert out["unhandled"] == []  # no simulator message fell through to onDebug
+    assert out["errors"] == []
+    approval = sim.wait_for_client_message("mcp_tool_approval_result", scaled(5))
+    assert approval["is_approved"] is True
+    rich = sim.messages_from_client(lambda m: "rich_content_id" in m)
+    assert [m["text"] for m in rich] == [RICH_OPTIONS[1]]
+    sim.wait_for_session_end(scaled(5))
+    assert_clean(sim, contract)

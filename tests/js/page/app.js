@@ -114,6 +114,99 @@ const scenarios = {
     return { ...out, ...summary(seen) };
   },
 
+  /** Every named callback of the client for the server messages beyond chat: the default
+   * agent's rules (guardrail, MCP call approved by onMCPToolApprovalRequest, context usage,
+   * rich content answered with its id, attachments, a human operator, reasoning). */
+  async events({ wsOrigin, agentId }) {
+    const { seen, options } = callbacks();
+    const named = {};
+    const record = (name) => {
+      named[name] = new Inbox(name);
+      return (props) => named[name].push(props === undefined ? null : props);
+    };
+    for (const name of [
+      "onGuardrailTriggered", "onMCPToolCall", "onMCPConnectionStatus", "onAgentToolRequest",
+      "onAgentToolResponse", "onConversationMetadata", "onContextUsage", "onRichContent",
+      "onAgentTyping", "onExternalAgentConnected", "onExternalAgentDisconnected",
+      "onAgentReasoningResponsePart", "onAgentChatResponsePart", "onDebug",
+    ]) {
+      options[name] = record(name);
+    }
+    const attachments = new Inbox("agent message with attachments");
+    const onMessage = options.onMessage;
+    options.onMessage = (payload) => {
+      onMessage(payload);
+      if (payload.attachments) attachments.push(payload.attachments);
+    };
+    const approvals = new Inbox("onMCPToolApprovalRequest");
+    options.onMCPToolApprovalRequest = (toolCall) => {
+      approvals.push(toolCall);
+      return true; // the client sends mcp_tool_approval_result for us
+    };
+    const conversation = await Conversation.startSession({
+      agentId,
+      origin: wsOrigin,
+      connectionType: "websocket",
+      textOnly: true,
+      ...options,
+    });
+    const out = { greeting: await seen.agent.next() };
+    out.mcpStatus = await named.onMCPConnectionStatus.next();
+
+    conversation.sendUserMessage("tell me about the guardrail");
+    await named.onGuardrailTriggered.next();
+    out.guardrailReply = await seen.agent.next();
+
+    conversation.sendUserMessage("I want a refund");
+    out.toolRequest = await named.onAgentToolRequest.next();
+    out.approvalRequest = await approvals.next();
+    out.mcpStates = [];
+    for (;;) {
+      const call = await named.onMCPToolCall.next();
+      out.mcpStates.push(call.state);
+      if (call.state === "success" || call.state === "failure") break;
+    }
+    out.toolResponse = await named.onAgentToolResponse.next();
+    out.mcpReply = await seen.agent.next();
+
+    conversation.sendUserMessage("how many tokens of context did we use?");
+    out.contextUsage = await named.onContextUsage.next();
+    out.contextReply = await seen.agent.next();
+
+    conversation.sendUserMessage("show me the options");
+    out.richContent = await named.onRichContent.next();
+    out.richPrompt = await seen.agent.next();
+    const choice = out.richContent.props.options[1];
+    conversation.sendUserMessage(choice, { richContentId: out.richContent.rich_content_id });
+    out.choiceReply = await seen.agent.next();
+
+    conversation.sendUserMessage("please attach the report");
+    out.attachments = await attachments.next();
+    out.attachReply = await seen.agent.next();
+
+    conversation.sendUserMessage("let me talk to a human");
+    await named.onExternalAgentConnected.next();
+    out.typing = [await named.onAgentTyping.next(), await named.onAgentTyping.next()];
+    out.operatorReply = await seen.agent.next();
+    await named.onExternalAgentDisconnected.next();
+
+    conversation.sendUserMessage("think before you answer");
+    out.reasoning = [];
+    for (;;) {
+      const part = await named.onAgentReasoningResponsePart.next();
+      out.reasoning.push(part);
+      if (part.type === "stop") break;
+    }
+    out.reasoningReply = await seen.agent.next();
+    out.chatParts = named.onAgentChatResponsePart.all.length;
+
+    await conversation.endSession();
+    out.disconnect = await seen.disconnects.next();
+    out.metadataCallbacks = named.onConversationMetadata.all.length;
+    out.unhandled = named.onDebug.all.map((event) => event.type);
+    return { ...out, ...summary(seen) };
+  },
+
   /** Private agent: the page asks its own back end for a signed URL, then the user ends. */
   async signed({ agentId }) {
     const answer = await fetch(`/api/signed-url?agent_id=${encodeURIComponent(agentId)}`);
