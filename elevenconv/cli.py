@@ -1341,8 +1341,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agent.add_argument(
         "--base-url",
-        default=DEFAULT_BASE_URL,
-        help=f"API base URL, for the region or a simulator (default {DEFAULT_BASE_URL})",
+        default=os.environ.get("ELEVENLABS_BASE_URL") or DEFAULT_BASE_URL,
+        help="API base URL, for the region or a simulator (default $ELEVENLABS_BASE_URL, "
+        f"else {DEFAULT_BASE_URL})",
     )
     agent.add_argument(
         "--timeout", type=_positive, default=15.0, help="seconds to connect (default 15)"
