@@ -68,6 +68,7 @@ __all__ = [
     "VoicePipeline",
     "check_audio_format",
     "echo_canceller_available",
+    "has_acoustic_echo",
 ]
 
 #: Agent audio waiting for the ``elevenconv-audio`` thread, in bytes of base64 text
@@ -145,6 +146,20 @@ def check_audio_format(name: str) -> AudioFormat:
     )
 
 
+def has_acoustic_echo(iface: AudioInterface) -> bool:
+    """Whether what ``iface`` plays can come back into its microphone.
+
+    ``iface.acoustic_echo`` when the interface says (``False`` for files and loopbacks),
+    else ``True``, except for :class:`~elevenconv._fileaudio.WavFileAudioInterface`.
+    """
+    declared = getattr(iface, "acoustic_echo", None)
+    if isinstance(declared, bool):
+        return declared
+    from elevenconv._fileaudio import WavFileAudioInterface
+
+    return not isinstance(iface, WavFileAudioInterface)
+
+
 def echo_canceller_available() -> bool:
     """``True`` if :mod:`elevenconv._echo` and its engine (``livekit``) can be imported."""
     try:
@@ -196,7 +211,13 @@ class VoicePipeline:
         # -- echo cancellation: decided now, so a missing dependency fails at once --------
         self._echo_requested = echo_cancellation
         self._noise_suppression = bool(noise_suppression)
-        wanted = echo_cancellation is not False or self._noise_suppression
+        # The default is on only where there can be an echo: a speaker and a microphone
+        # in one room (not a WAV file). Asked for explicitly, it runs regardless.
+        wanted = (
+            echo_cancellation is True
+            or (echo_cancellation is None and has_acoustic_echo(iface))
+            or self._noise_suppression
+        )
         required = echo_cancellation is True or self._noise_suppression
         available = wanted and echo_canceller_available()
         if required and not available:
@@ -206,6 +227,17 @@ class VoicePipeline:
                 f"{_AUDIO_EXTRA_HINT}, or pass echo_cancellation=False"
             )
         self._use_canceller = available
+        #: Why echo cancellation is off (for the INFO log), ``None`` when it is on.
+        self._echo_off_reason: str | None = None
+        if echo_cancellation is False and not available:
+            self._echo_off_reason = "echo_cancellation=False"
+        elif not wanted:
+            self._echo_off_reason = f"{type(iface).__name__} has no acoustic echo path"
+        elif not available:
+            self._echo_off_reason = (
+                f"the WebRTC audio processing module is not installed ({_AUDIO_EXTRA_HINT}); "
+                "use headphones, or echo_guard=True on speakers"
+            )
         self._aec = available and echo_cancellation is not False
         self._canceller: Any = None  # EchoCanceller, built by start_device()
 
@@ -224,6 +256,7 @@ class VoicePipeline:
         self._dropping_audio = False
         self._interrupt_requested = False
         self._stop_now = False  # stop(drain=False): skip the backlog
+        self._stopped = False  # stop() was called: feed() drops
         self._silenced = False  # silence(): nothing more is played
         self._given_up = False
         self._failures = 0  # consecutive failed device calls
@@ -338,6 +371,7 @@ class VoicePipeline:
         returns at once. Microphone chunks are ignored from now on.
         """
         self._capture_open = False
+        self._stopped = True
         with self._dev_lock:
             if self._dev_state == "new":
                 self._stop_after_start = True  # a later start_device() does nothing
@@ -371,7 +405,7 @@ class VoicePipeline:
 
         Over :data:`AUDIO_QUEUE_BYTES` the chunk is dropped (counted, logged once).
         """
-        if self._given_up or self._silenced:
+        if self._given_up or self._silenced or self._stopped:
             return
         size = len(event.audio_base_64)
         with self._q_lock:
@@ -858,12 +892,7 @@ class VoicePipeline:
     def _make_canceller(self) -> Any:
         """The EchoCanceller, or ``None`` (off, or unavailable with the default)."""
         if not self._use_canceller:
-            if self._echo_requested is None:
-                self._log.info(
-                    "echo cancellation off: the WebRTC audio processing module is not "
-                    "installed (%s); use headphones or echo_guard=True on speakers",
-                    _AUDIO_EXTRA_HINT,
-                )
+            self._log.info("echo cancellation off: %s", self._echo_off_reason)
             return None
         from elevenconv._echo import EchoCanceller
 

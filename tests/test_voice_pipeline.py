@@ -638,6 +638,25 @@ def test_default_without_the_engine_logs_that_echo_cancellation_is_off(
     assert any("echo cancellation off" in r.getMessage() for r in caplog.records)
 
 
+def test_echo_cancellation_defaults_to_on_only_where_there_can_be_an_echo(
+    fake_canceller: type[FakeCanceller], tmp_path: Any
+) -> None:
+    from elevenconv import WavFileAudioInterface
+
+    class NoEchoDevice(FakeDevice):
+        acoustic_echo = False
+
+    wav = WavFileAudioInterface(output_path=tmp_path / "out.wav")
+    assert not VoicePipeline(wav, FakeHooks(), echo_cancellation=None).echo_cancellation_active
+    assert VoicePipeline(wav, FakeHooks(), echo_cancellation=True).echo_cancellation_active
+    quiet = NoEchoDevice()
+    assert not VoicePipeline(quiet, FakeHooks(), echo_cancellation=None).echo_cancellation_active
+    assert VoicePipeline(FakeDevice(), FakeHooks()).echo_cancellation_active  # a real room
+    assert not VoicePipeline(
+        FakeDevice(), FakeHooks(), echo_cancellation=False
+    ).echo_cancellation_active
+
+
 class FakeCanceller:
     """Stands in for elevenconv._echo.EchoCanceller: records, and marks its output."""
 
