@@ -852,9 +852,8 @@ class Conversation(EventEmitter):
             thread = threading.Thread(
                 target=target, name=f"elevenconv-{role}-{self._n}", daemon=True
             )
-            self._threads[role] = thread
-        for thread in self._threads.values():
             thread.start()
+            self._threads[role] = thread  # only started threads: _join() may run meanwhile
 
     def _start_audio(self) -> None:
         iface = self.audio_interface
@@ -927,7 +926,7 @@ class Conversation(EventEmitter):
         ``True`` if all of them have exited."""
         me = threading.current_thread()
         done = True
-        for thread in [*self._threads.values(), *self._tool_threads]:
+        for thread in [*list(self._threads.values()), *self._tool_threads]:
             if thread is not me:
                 thread.join(deadline.remaining())
                 done = done and not thread.is_alive()
