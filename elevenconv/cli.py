@@ -395,6 +395,8 @@ class _Console:
             if self._title:
                 self._out.write("\x1b[23;0t")  # pop the title pushed by status()
                 self._title = False
+            if self.editor is not None and self._ansi:
+                self._out.write("\x1b[?2004l")  # bracketed paste off, as readline would
             self._out.flush()
         if self.editor is not None:
             self.editor.close()
