@@ -348,6 +348,12 @@ def test_usage_help_and_version() -> None:
     helped = run_cli("chat", "--help")
     assert helped.returncode == 0
     assert "--script" in helped.stdout and "130" in helped.stdout
+    for option in ("--voice", "--no-voice", "--no-echo-cancellation", "--no-history"):
+        assert option in helped.stdout
+    simulate = run_cli("simulate", "--help")  # its options come from elevenconv.testing._cli
+    assert simulate.returncode == 0, simulate.stderr
+    assert "elevenconv simulate" in simulate.stdout and "--agent" in simulate.stdout
+    assert run_cli("chat", "--no-such-option").returncode == 2
     assert run_cli("--version").stdout.startswith("elevenconv ")
     assert run_cli("chat", "--say", "a", "--script", "x").returncode == 2
 
@@ -458,8 +464,9 @@ AUDIO_EXTRA = 'pip install "elevenconv[audio]"'
 def run_cli_without(
     missing: str, *args: str, pythonpath: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """The CLI in a Python where importing ``missing`` fails ("" = nothing blocked)."""
-    block = f"sys.modules[{missing!r}] = None; " if missing else ""
+    """The CLI in a Python where importing ``missing`` fails (comma-separated module
+    names; "" = nothing blocked)."""
+    block = "".join(f"sys.modules[{m!r}] = None; " for m in missing.split(",") if m)
     code = f"import sys; {block}from elevenconv.cli import main; raise SystemExit(main({args!r}))"
     env = _env(PULSE_SERVER="unix:/nonexistent/elevenconv-no-sound")
     if pythonpath is not None:
@@ -506,6 +513,15 @@ def test_without_pyaudio_the_chat_falls_back_to_text_and_says_why() -> None:
     assert done.returncode == 0, done.stderr
     assert '[text mode: voice needs PyAudio: pip install "elevenconv[audio]"]' in done.stdout
     assert "agent: Goodbye!" in done.stdout
+
+
+@pytest.mark.timeout(60)
+def test_the_offline_chat_needs_no_optional_dependency() -> None:
+    """What a plain `pip install elevenconv` has: no numpy, soxr, PyAudio or livekit."""
+    done = run_cli_without("numpy,soxr,pyaudio,livekit", "chat", "--say", "hello", "--say", "bye")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "agent: Hello there!" in done.stdout and "agent: Goodbye!" in done.stdout
 
 
 @pytest.mark.timeout(60)
