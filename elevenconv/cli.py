@@ -65,7 +65,7 @@ from elevenconv.errors import AudioError, ElevenConvError
 
 __all__ = ["COMMANDS", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "main"]
 
-log = logging.getLogger("elevenconv.cli")
+log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
