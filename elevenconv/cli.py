@@ -235,7 +235,11 @@ class _Console:
         self._lock = threading.Lock()
         self._stream_done = threading.Condition(self._lock)  # a streaming line ended
         self._use_prompt = prompt
-        self._ansi = prompt and os.environ.get("TERM", "dumb") not in ("dumb", "")
+        term = os.environ.get("TERM", "dumb")
+        self._ansi = prompt and term not in ("dumb", "")
+        # Window titles: every terminal emulator (xterm, VTE, tmux, ...); not the Linux
+        # console or hardware terminals, which have no title.
+        self._titles = self._ansi and term != "linux" and not term.startswith("vt")
         self._prompt_shown = False
         self._waiting = False  # the main thread waits for a line: keep the prompt up
         self._streaming = False
@@ -357,8 +361,8 @@ class _Console:
             self._out.flush()
 
     def status(self, text: str) -> None:
-        """Show the live status in the terminal's title (ANSI terminals; else nothing)."""
-        if not self._ansi:
+        """Show the live status in the terminal's title (terminal emulators; else nothing)."""
+        if not self._titles:
             return
         with self._lock:
             if not self._title:
