@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import heapq
 import itertools
+import logging
 import math
 import queue
 import re
@@ -48,6 +49,8 @@ from elevenconv.testing._sim_session import (
 from elevenconv.testing._sim_steps import Faults, Step
 
 __all__ = ["GOODBYE", "AgentWorker"]
+
+logger = logging.getLogger(__name__)
 
 GOODBYE = "Goodbye! It was nice talking to you."
 
@@ -219,6 +222,7 @@ class AgentWorker:
             # Already recorded in contract_errors; end the conversation visibly.
             self._close_quietly(1011, "simulator sent an invalid message")
         except Exception:
+            logger.exception("simulated agent of session %d failed", session.index)
             session.record_error("agent thread failed:\n" + traceback.format_exc())
             self._close_quietly(1011, "simulator agent failed")
 

@@ -8,6 +8,7 @@ default agent run on its agent thread and never read.
 from __future__ import annotations
 
 import base64
+import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -21,6 +22,8 @@ from elevenconv.testing._sim_session import SessionOver, SimSession, SimulatorEr
 from elevenconv.testing._sim_steps import MessageMatch, Step
 
 __all__ = ["ScriptFailure", "audio_message", "chat_part_messages", "run_steps", "say_now"]
+
+logger = logging.getLogger(__name__)
 
 
 class ScriptFailure(Exception):
@@ -114,6 +117,7 @@ def run_steps(session: SimSession, steps: Iterable[Step], *, stopping: threading
 
 def _run_step(session: SimSession, step: Step, stopping: threading.Event) -> None:
     kind, args = step.kind, step.args
+    logger.debug("session %d: %r", session.index, step)
     if kind == "send":
         session.send(args["message"], validate=args["validate"], filtered=False)
     elif kind == "emit":

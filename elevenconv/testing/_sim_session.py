@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
 import secrets
 import socket
@@ -53,6 +54,8 @@ __all__ = [
     "TranscriptEntry",
     "Violation",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_FIRST_MESSAGE = "Hello! I'm the simulated agent. How can I help you today?"
 
@@ -473,6 +476,7 @@ class SimSession:
             if filtered and isinstance(kind, str) and not self.sends(kind):
                 with self._send_lock:
                     self.suppressed.append(kind)
+                logger.debug("session %d: %s not sent (not in client_events)", self.index, kind)
                 return
             if validate:
                 problems = validate_server_message(payload)
@@ -605,6 +609,9 @@ class SimSession:
         return msg
 
     def _violate(self, message: dict[str, Any] | str | bytes, problems: list[str]) -> NoReturn:
+        logger.info(
+            "session %d: a client message broke the contract: %s", self.index, "; ".join(problems)
+        )
         self._recorder.add_violation(Violation(self.conversation_id, message, tuple(problems)))
         self.fail("Invalid message received: " + "; ".join(problems))
 

@@ -114,7 +114,7 @@ __all__ = [
     "serve_forever",
 ]
 
-logger = logging.getLogger("elevenconv.testing.simulator")
+logger = logging.getLogger(__name__)
 
 #: The agent every simulator has: public, voice, default tools.
 DEFAULT_AGENT_ID = "sim-agent"
