@@ -15,6 +15,8 @@ from elevenconv.testing._fake import FakeWebSocket
 
 if TYPE_CHECKING:
     from elevenconv.testing._simulator import (
+        CONTRACT_DEFAULT_CLIENT_EVENTS,
+        SIM_CLIENT_EVENTS,
         AgentConfig,
         AgentSimulator,
         Faults,
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "CONTRACT_DEFAULT_CLIENT_EVENTS",
+    "SIM_CLIENT_EVENTS",
     "AgentConfig",
     "AgentSimulator",
     "FakeWebSocket",

@@ -102,7 +102,8 @@ class AgentWorker:
     * a tool keyword (default "time"): ``client_tool_call``, then the result is spoken.
     * "guardrail": ``guardrail_triggered``, then a refusal.
     * "refund" / "mcp": an MCP tool call that needs approval: ``agent_tool_request``,
-      ``mcp_tool_call`` ``awaiting_approval`` (``approval_timeout_secs`` 30); after
+      ``mcp_tool_call`` ``awaiting_approval`` (``approval_timeout_secs``: the agent's
+      ``mcp_approval_timeout``); after
       ``mcp_tool_approval_result``: ``loading`` and ``success`` (or ``failure`` when
       refused or after the timeout), ``agent_tool_response``, then the answer.
     * "context" / "tokens": ``context_usage``, then the figures are spoken.
@@ -427,7 +428,7 @@ class AgentWorker:
                 "agent_tool_request", tool_name=MCP_TOOL_NAME, tool_call_id=call_id, tool_type="mcp"
             )
         )
-        timeout = 30
+        timeout = session.agent.mcp_approval_timeout
         session.send(
             self._message(
                 "mcp_tool_call", state="awaiting_approval", approval_timeout_secs=timeout, **base

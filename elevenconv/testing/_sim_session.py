@@ -183,6 +183,8 @@ class AgentConfig:
             counted in ``SimSession.suppressed``); ``None``: :data:`SIM_CLIENT_EVENTS`.
             :data:`CONTRACT_DEFAULT_CLIENT_EVENTS` is what the service sends for an agent
             that names none. A client's ``conversation.client_events`` override replaces it.
+        mcp_approval_timeout: seconds the default agent's MCP tool call waits for
+            ``mcp_tool_approval_result`` (its ``approval_timeout_secs``) before failing.
     """
 
     agent_id: str
@@ -198,9 +200,14 @@ class AgentConfig:
     allow_overrides: bool = True
     faults: Faults = field(default_factory=Faults)
     client_events: frozenset[str] | None = None
+    mcp_approval_timeout: int = 30
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "client_events", _client_events(self.client_events, "AgentConfig"))
+        if isinstance(self.mcp_approval_timeout, bool) or not (
+            isinstance(self.mcp_approval_timeout, int) and self.mcp_approval_timeout > 0
+        ):
+            raise ConfigurationError("AgentConfig.mcp_approval_timeout must be an int > 0")
         for name in ("output_format", "input_format"):
             if getattr(self, name) not in AUDIO_FORMATS:
                 raise ConfigurationError(

@@ -48,7 +48,6 @@ shuts the server down (open connections get 1001), joins all of them within
 
 from __future__ import annotations
 
-import argparse
 import http
 import json
 import logging
@@ -459,6 +458,7 @@ class AgentSimulator:
         allow_overrides: bool = True,
         faults: Faults | Mapping[str, Any] | None = None,
         client_events: Iterable[str] | None = None,
+        mcp_approval_timeout: int = 30,
     ) -> AgentConfig:
         """Add (or replace) an agent and return its :class:`AgentConfig`.
 
@@ -485,6 +485,7 @@ class AgentSimulator:
             allow_overrides=allow_overrides,
             faults=Faults.coerce(faults) or Faults(),
             client_events=None if client_events is None else frozenset(client_events),
+            mcp_approval_timeout=mcp_approval_timeout,
         )
         with self._lock:
             self._agents[agent_id] = config
@@ -929,24 +930,11 @@ def serve_forever(port: int = 8765, host: str = "127.0.0.1", **options: Any) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry: ``python -m elevenconv.testing._simulator --port 8765``."""
-    parser = argparse.ArgumentParser(description="Run the elevenconv agent simulator.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--api-key", default="sim-api-key")
-    parser.add_argument("--ping-interval", type=float, default=5.0)
-    parser.add_argument("--realtime-factor", type=float, default=1.0)
-    parser.add_argument("--tts", choices=("auto", "espeak", "tone"), default="auto")
-    args = parser.parse_args(argv)
-    serve_forever(
-        args.port,
-        args.host,
-        api_key=args.api_key,
-        ping_interval=args.ping_interval or None,
-        audio_realtime_factor=args.realtime_factor or None,
-        tts=args.tts,
-    )
-    return 0
+    """Command-line entry: ``python -m elevenconv.testing._simulator --port 8765``, the
+    same as ``elevenconv simulate`` (see :mod:`elevenconv.testing._cli`)."""
+    from elevenconv.testing._cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

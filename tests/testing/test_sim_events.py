@@ -219,6 +219,31 @@ def test_mcp_call_needs_approval(text_client: tuple[AgentSimulator, Client], app
     assert sim.wait_for_session().mcp_approvals == [approval]
 
 
+def test_mcp_call_fails_when_nobody_approves(connect: Callable[..., Client]) -> None:
+    with AgentSimulator(**FAST) as sim:
+        sim.add_agent("strict", first_message=None, mcp_approval_timeout=1)
+        client = connect(sim.ws_url("strict"))
+        client.start(TEXT_ONLY_INIT)
+        client.send({"type": "user_message", "text": "refund"})
+        waiting = client.until(lambda m: m["type"] == "mcp_tool_call")[-1]
+        assert waiting["mcp_tool_call"]["approval_timeout_secs"] == 1
+        rest = client.until(lambda m: m["type"] == "agent_response", timeout=10)
+        failure = next(m for m in rest if m["type"] == "mcp_tool_call")
+        assert failure["mcp_tool_call"]["state"] == "failure"
+        assert "timed out" in rest[-1]["agent_response_event"]["agent_response"]
+        # A late approval is recorded as an error of the client's making, nothing is sent.
+        client.send(
+            p.ConversationProtocol.mcp_tool_approval_result(
+                waiting["mcp_tool_call"]["tool_call_id"], True
+            )
+        )
+        say(client, "hello")  # handled after the approval: the agent has seen it
+        assert types_of(client.received).count("mcp_tool_call") == 2  # nothing more
+    assert any("unknown tool_call_id" in e for e in sim.errors)
+    with pytest.raises(ConfigurationError, match="mcp_approval_timeout"):
+        AgentConfig("x", mcp_approval_timeout=0)
+
+
 def test_context_usage_rule(text_client: tuple[AgentSimulator, Client]) -> None:
     _, client = text_client
     got = say(client, "how many tokens have you used?")

@@ -924,7 +924,7 @@ def test_standalone_main_runs_until_interrupted() -> None:
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
-        assert first.startswith("elevenconv agent simulator on http://127.0.0.1:")
+        assert first.startswith("elevenconv agent simulator listening on http://127.0.0.1:")
         port = int(first.rsplit(":", 1)[1])
         ws = websocket.create_connection(
             f"ws://127.0.0.1:{port}/v1/convai/conversation?agent_id=sim-agent", timeout=scaled(5)
