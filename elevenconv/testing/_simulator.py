@@ -29,6 +29,11 @@ What it serves:
   Clients that offer no subprotocol get none.
 * Every HTTP answer carries CORS headers (``Access-Control-Allow-Origin: *``) and
   ``OPTIONS`` preflights get 204, so a page served from another origin can fetch them.
+* Each agent sends only the server events its ``client_events`` enable (default
+  :data:`SIM_CLIENT_EVENTS`: no ``vad_score``, no ``internal_*``;
+  :data:`CONTRACT_DEFAULT_CLIENT_EVENTS` is the service's default), as the client's
+  ``conversation.client_events`` override may change; the rest is counted in
+  ``SimSession.suppressed``.
 * Per connection either the default agent (:mod:`elevenconv.testing._sim_agent`: first
   message, rule-based replies, client tool calls, ``end_call``, pings, speech and VAD,
   barge-in) or a script of :class:`Step` s, plus :class:`Faults`.
