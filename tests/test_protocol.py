@@ -201,7 +201,7 @@ def test_ping_without_ping_ms_is_fine() -> None:
         '{"type": "agent_chat_response_part", "text_response_part": '
         '{"text": "", "type": "middle", "event_id": 1}}',
         '{"type": "conversation_initiation_metadata", "conversation_initiation_metadata_event": '
-        '{"conversation_id": "c", "agent_output_audio_format": "mp3_44100", '
+        '{"conversation_id": "c", "agent_output_audio_format": "", '
         '"user_input_audio_format": "pcm_16000"}}',
     ],
 )
@@ -684,3 +684,19 @@ def test_can_send_feedback_changes_are_reported_once() -> None:
     assert not proto.can_send_feedback
     assert proto.take_feedback_change() is False
     assert proto.take_feedback_change() is None
+
+
+@pytest.mark.parametrize("fmt", ["pcm_32000", "opus_48000", "pcm_16000"])
+def test_metadata_accepts_any_audio_format_name(fmt: str) -> None:
+    # The voice layer rejects a codec it cannot play; the protocol must not lose the
+    # metadata over it (start_session() would wait for nothing).
+    proto = p.ConversationProtocol()
+    event = receive(proto, metadata(out=fmt, inp=fmt))
+    assert isinstance(event, p.ConversationInitiationMetadataEvent)
+    assert proto.agent_output_audio_format == fmt == proto.user_input_audio_format
+
+
+@pytest.mark.parametrize("fmt", ["", "  ", 16000, None])
+def test_metadata_needs_an_audio_format_name(fmt: Any) -> None:
+    with pytest.raises(RemoteProtocolError, match="audio_format"):
+        p.ConversationProtocol().receive_text(json.dumps(metadata(out=fmt)))
