@@ -39,6 +39,7 @@ import pytest
 import requests
 
 from elevenconv.testing import AgentSimulator
+from elevenconv.testing._sim_session import SIM_CLIENT_EVENTS
 from tests.conftest import IN_CI, scaled
 from tests.fixtures_contract import SPEC_PATH, ContractChecks, load_contract
 
@@ -51,6 +52,12 @@ VOICE_GREETING = (
     "Hello! I am the simulated voice agent. I will keep talking for a while, so that you "
     "can interrupt me whenever you like. Go ahead and say something, I am listening."
 )
+VOICE_EVENTS = SIM_CLIENT_EVENTS | {
+    "vad_score",
+    "asr_initiation_metadata",
+    "mcp_connection_status",
+    "internal_tentative_agent_response",
+}
 SPEECH_TEXT = "Excuse me, could you tell me what time it is?"
 
 
@@ -69,7 +76,9 @@ def official_sim() -> Iterator[AgentSimulator]:
     """A started simulator for the official clients (see the module docstring)."""
     sim = AgentSimulator(ping_interval=0.3, tts="espeak" if shutil.which("espeak-ng") else "tone")
     sim.add_agent(PRIVATE_AGENT, private=True)
-    sim.add_agent(VOICE_AGENT, first_message=VOICE_GREETING)
+    # The voice agent sends everything, the optional start-up and VAD messages included:
+    # every client must cope with them.
+    sim.add_agent(VOICE_AGENT, first_message=VOICE_GREETING, client_events=VOICE_EVENTS)
     with sim:
         yield sim
 

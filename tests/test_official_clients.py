@@ -526,10 +526,16 @@ def test_browser_text_scenarios(
     assert [f["score"] for f in sim.messages_from_client("feedback")] == ["like"]
     assert session.contextual_updates == ["The user opened the pricing page."]
     assert session.user_activity_count == 1
-    assert sim.messages_from_client("multimodal_message")[0]["files"] == [
+    first, files_only = sim.messages_from_client("multimodal_message")
+    assert first["files"] == [
         {"type": "file_input", "file_id": "file_a"},
         {"type": "file_input", "file_id": "file_b"},
     ]
+    assert files_only == {
+        "type": "multimodal_message",
+        "file": {"type": "file_input", "file_id": "file_c"},
+        "files": [{"type": "file_input", "file_id": "file_c"}],
+    }
     assert [m["result"] for m in sim.messages_from_client("client_tool_result")] == ["12:34"]
     handshake = next(r for r in sim.http_requests if r.status == 101)
     assert handshake.headers["origin"] == page_url.rsplit("/", 1)[0]  # another origin
@@ -613,6 +619,10 @@ def test_browser_voice_over_websocket(
     assert out["reply"].startswith(f"You said: {out['transcript']}")
     assert out["audioAfterReply"] >= 32000
     assert out["maxOutputVolume"] > 0, "the agent's audio was not played"
+    assert out["vadScores"] > 0
+    assert out["asrMetadata"][0]["user_input_audio_format"] == "pcm_16000"
+    # What the client itself leaves to onDebug (it has no callback for these): nothing else.
+    assert set(out["debugTypes"]) <= {"tentative_agent_response", "tentative_user_transcript"}
     assert out["disconnect"]["reason"] == "user"
     session = sim.wait_for_session_end(scaled(5))
     assert not session.text_only

@@ -31,6 +31,8 @@ function callbacks() {
     errors: [],
     statuses: [],
     vadScores: 0,
+    asrMetadata: [],
+    debugTypes: [],
     audioBytes: 0,
     maxOutputVolume: 0,
   };
@@ -60,6 +62,12 @@ function callbacks() {
     onVadScore: () => {
       seen.vadScores += 1;
     },
+    onAsrInitiationMetadata: (event) => {
+      seen.asrMetadata.push(event);
+    },
+    onDebug: (event) => {
+      if (event && event.type) seen.debugTypes.push(event.type);
+    },
     onPing: (event) => seen.pings.push(event.event_id),
     onError: (message) => seen.errors.push(String(message)),
     onDisconnect: (details) => seen.disconnects.push(details),
@@ -76,6 +84,8 @@ function summary(seen) {
     feedbackChanges: seen.feedback.all,
     pings: seen.pings.all.length,
     vadScores: seen.vadScores,
+    asrMetadata: seen.asrMetadata,
+    debugTypes: seen.debugTypes,
     audioBytes: seen.audioBytes,
     maxOutputVolume: seen.maxOutputVolume,
     errors: seen.errors,
@@ -87,12 +97,13 @@ const scenarios = {
    * activity, multimodal message, then "bye": the agent ends the call. */
   async text({ wsOrigin, agentId }) {
     const { seen, options } = callbacks();
+    // A public agent: the client's origin is the simulator (wsOrigin = "ws://127.0.0.1:8765").
     const conversation = await Conversation.startSession({
       agentId,
       origin: wsOrigin,
       connectionType: "websocket",
       textOnly: true,
-      ...options,
+      ...options, // your callbacks (onMessage, onDisconnect, ...) and clientTools
     });
     const out = { conversationId: conversation.getId() };
     out.greeting = await seen.agent.next();
@@ -107,6 +118,7 @@ const scenarios = {
     conversation.sendUserActivity();
     conversation.sendMultimodalMessage({ text: "look at these", fileIds: ["file_a", "file_b"] });
     out.multimodalReply = await seen.agent.next();
+    conversation.sendMultimodalMessage({ fileId: "file_c" }); // files only: no text
     await seen.pings.next(); // answered with a pong by the client
     conversation.sendUserMessage("bye");
     out.goodbye = await seen.agent.next();
@@ -209,10 +221,11 @@ const scenarios = {
 
   /** Private agent: the page asks its own back end for a signed URL, then the user ends. */
   async signed({ agentId }) {
-    const answer = await fetch(`/api/signed-url?agent_id=${encodeURIComponent(agentId)}`);
-    if (!answer.ok) throw new Error(`back end answered ${answer.status}`);
-    const { signed_url: signedUrl } = await answer.json();
     const { seen, options } = callbacks();
+    // A private agent: the page's back end, which holds the API key, asks the simulator for
+    // a signed URL (GET /v1/convai/conversation/get-signed-url?agent_id=ID, header xi-api-key).
+    const answer = await fetch(`/api/signed-url?agent_id=${encodeURIComponent(agentId)}`);
+    const { signed_url: signedUrl } = await answer.json();
     const conversation = await Conversation.startSession({ signedUrl, textOnly: true, ...options });
     const out = { conversationId: conversation.getId() };
     out.greeting = await seen.agent.next();
