@@ -27,6 +27,11 @@ What it serves:
   it (the browser client always does), and a ``bearer.<token>`` subprotocol offer (the
   browser client's ``authorization`` option) must carry a valid conversation token.
   Clients that offer no subprotocol get none.
+* ``POST /v1/convai/conversations/{id}/files`` (multipart, a ``file`` part; the browser
+  client's ``uploadFile``): 200 ``{"file_id": ...}``, recorded in :attr:`uploads`;
+  ``POST /v1/convai/conversations/{id}/feedback`` (``{"feedback": "like"}`` or
+  ``{"rating": 1..5, "comment": ...}``; ``postOverallFeedback``): 200, recorded in
+  :attr:`conversation_feedback`. 404 for an unknown conversation id.
 * Every HTTP answer carries CORS headers (``Access-Control-Allow-Origin: *``) and
   ``OPTIONS`` preflights get 204, so a page served from another origin can fetch them.
 * Each agent sends only the server events its ``client_events`` enable (default
@@ -53,16 +58,20 @@ shuts the server down (open connections get 1001), joins all of them within
 
 from __future__ import annotations
 
+import email.policy
 import http
+import http.server
 import json
 import logging
+import re
 import secrets
 import socket
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from email.parser import BytesParser
 from types import TracebackType
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -113,6 +122,7 @@ __all__ = [
     "Step",
     "ToolRule",
     "TranscriptEntry",
+    "UploadRecord",
     "Violation",
     "main",
     "serve_forever",
@@ -132,6 +142,12 @@ CONVERSATION_PATH = "/v1/convai/conversation"
 MAIN_SUBPROTOCOL = "convai"
 #: Prefix of the subprotocol that carries a conversation token: ``bearer.<token>``.
 BEARER_PREFIX = "bearer."
+
+#: ``POST /v1/convai/conversations/{id}/files`` (browser client ``uploadFile``) and
+#: ``.../feedback`` (``postOverallFeedback``).
+_POST_PATH = re.compile(r"^/v1/convai/conversations/(?P<id>[^/?#]+)/(?P<what>files|feedback)$")
+#: Largest POST body accepted (an upload).
+MAX_POST_BODY = 32 * MIB
 
 #: Headers on every HTTP answer so that a page on another origin can call the API.
 CORS_HEADERS: tuple[tuple[str, str], ...] = (
@@ -169,6 +185,25 @@ class _Admission:
     query: dict[str, str]
     signed: bool
     bearer: bool
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    """A file a client uploaded (``POST /v1/convai/conversations/{id}/files``).
+
+    Fields: ``conversation_id``, ``file_id`` (what the simulator answered), ``filename``,
+    ``mime_type`` and ``data`` (the file's bytes).
+    """
+
+    conversation_id: str
+    file_id: str
+    filename: str | None
+    mime_type: str
+    data: bytes = field(repr=False)
+
+
+class _HandledOutside(Exception):
+    """The TCP connection carried a plain HTTP POST, answered already: not a WebSocket."""
 
 
 class _SimConnection(ServerConnection):
@@ -254,6 +289,12 @@ class AgentSimulator:
         self.shutdown_timeout = shutdown_timeout
         self.max_size = max_size
         self.http_requests: list[HttpRecord] = []
+        #: Files uploaded through ``POST /v1/convai/conversations/{id}/files``.
+        self.uploads: list[UploadRecord] = []
+        #: Bodies of ``POST /v1/convai/conversations/{id}/feedback`` (overall rating), with
+        #: the ``conversation_id`` added.
+        self.conversation_feedback: list[dict[str, Any]] = []
+        self._peeking: set[socket.socket] = set()
 
         self._recorder = Recorder(record_audio=record_audio)
         self._agents: dict[str, AgentConfig] = {DEFAULT_AGENT_ID: AgentConfig(DEFAULT_AGENT_ID)}
@@ -326,6 +367,13 @@ class AgentSimulator:
         if server is None:
             return
         deadline = time.monotonic() + self.shutdown_timeout
+        with self._lock:
+            peeking = list(self._peeking)
+        for sock in peeking:  # connections still deciding whether they are a POST
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         for worker in list(self._workers):
             worker.stop()
         # Clients in tests often sit idle while the simulator stops: a short wait for
@@ -644,6 +692,14 @@ class AgentSimulator:
             index = self._conn_count
             self._threads = [t for t in self._threads if t.is_alive()]
         handler_thread = threading.current_thread()
+        if self._is_post(sock):
+            # websockets' HTTP parser refuses request bodies: answer the POST here, then
+            # make websockets drop the (already answered) connection.
+            handler_thread.name = f"elevenconv-sim-http-{index}"
+            with self._lock:
+                self._threads.append(handler_thread)
+            self._serve_post(sock)
+            raise _HandledOutside
         handler_thread.name = f"elevenconv-sim-conn-{index}"
         conn = _SimConnection(sock, protocol, server, **kwargs)
         conn.sim_index = index
@@ -651,6 +707,104 @@ class AgentSimulator:
         with self._lock:
             self._threads += [handler_thread, conn.recv_events_thread]
         return conn
+
+    def _is_post(self, sock: socket.socket) -> bool:
+        """Peek at the request line (nothing is consumed)."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._peeking.add(sock)
+        try:
+            sock.settimeout(self.close_timeout + 8.0)
+            seen = b""
+            while len(seen) < 5 and b"POST "[: len(seen)] == seen:
+                seen = sock.recv(5, socket.MSG_PEEK)
+                if not seen:
+                    return False
+            return seen == b"POST "
+        except OSError:
+            return False  # websockets sees the same socket and ends it
+        finally:
+            with self._lock:
+                self._peeking.discard(sock)
+            try:
+                sock.settimeout(None)
+            except OSError:
+                pass
+
+    def _serve_post(self, sock: socket.socket) -> None:
+        handler = type("_BoundPostHandler", (_PostHandler,), {"sim": self})
+        try:
+            handler(sock, sock.getpeername(), None)
+        except OSError as exc:
+            logger.debug("POST connection failed: %s", exc)
+
+    def _post(self, path: str, headers: Mapping[str, str], body: bytes) -> tuple[int, Any]:
+        """Answer a POST: ``(status, JSON body)``."""
+        url = urlsplit(path)
+        match = _POST_PATH.match(url.path)
+        if url.path in (SIGNED_URL_PATH, SIGNED_URL_PATH_OLD, TOKEN_PATH, CONVERSATION_PATH):
+            return 405, {"detail": {"status": "method_not_allowed", "message": "Use GET"}}
+        if match is None:
+            return 404, {"detail": {"status": "not_found", "message": "Not Found"}}
+        conversation_id = match.group("id")
+        if not any(s.conversation_id == conversation_id for s in self.sessions):
+            return 404, {
+                "detail": {
+                    "status": "conversation_not_found",
+                    "message": f"Conversation {conversation_id!r} not found",
+                }
+            }
+        if match.group("what") == "files":
+            return self._upload(conversation_id, headers, body)
+        try:
+            data = json.loads(body or b"null")
+        except ValueError:
+            return 400, _invalid_body("the body is not JSON")
+        if not isinstance(data, dict):
+            return 400, _invalid_body("expected a JSON object")
+        like = data.get("feedback")
+        rating = data.get("rating")
+        if like is not None and like not in ("like", "dislike"):
+            return 422, _invalid_body("feedback must be 'like' or 'dislike'")
+        if rating is not None and (
+            isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5
+        ):
+            return 422, _invalid_body("rating must be an integer from 1 to 5")
+        if like is None and rating is None:
+            return 422, _invalid_body("give feedback ('like'/'dislike') or a rating")
+        if data.get("comment") is not None and not isinstance(data["comment"], str):
+            return 422, _invalid_body("comment must be a string")
+        with self._recorder.cond:
+            self.conversation_feedback.append({"conversation_id": conversation_id, **data})
+            self._recorder.cond.notify_all()
+        return 200, {}
+
+    def _upload(
+        self, conversation_id: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, Any]:
+        content_type = headers.get("content-type", "")
+        message = BytesParser(policy=email.policy.HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+        )
+        if not message.is_multipart():
+            return 400, _invalid_body("expected multipart/form-data with a 'file' part")
+        for part in message.iter_parts():
+            if part.get_param("name", header="content-disposition") != "file":
+                continue
+            payload = part.get_payload(decode=True)
+            record = UploadRecord(
+                conversation_id,
+                f"file_sim_{secrets.token_hex(8)}",
+                part.get_filename(),
+                part.get_content_type(),
+                payload if isinstance(payload, bytes) else b"",
+            )
+            with self._recorder.cond:
+                self.uploads.append(record)
+                self._recorder.cond.notify_all()
+            return 200, {"file_id": record.file_id}
+        return 400, _invalid_body("the form has no 'file' part")
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
@@ -837,6 +991,59 @@ def _close_quietly(session: SimSession, code: int, reason: str) -> None:
         session.close(code, reason)
     except Exception:  # noqa: S110 - best effort on the way out
         pass
+
+
+class _PostHandler(http.server.BaseHTTPRequestHandler):
+    """One POST on a connection the simulator took over from websockets (stdlib parsing)."""
+
+    sim: AgentSimulator
+    protocol_version = "HTTP/1.1"
+    timeout = 10.0
+
+    def do_POST(self) -> None:
+        """Read the body (Content-Length only), answer JSON, close."""
+        self.close_connection = True
+        status: int
+        body: Any
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            status, body = 411, _invalid_body("send a Content-Length, not chunked encoding")
+        else:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 <= length <= MAX_POST_BODY:
+                status, body = 413, _invalid_body(f"the body must be 0 to {MAX_POST_BODY} bytes")
+            else:
+                data = self.rfile.read(length)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                status, body = self.sim._post(self.path, headers, data)
+        with self.sim._lock:
+            self.sim.http_requests.append(
+                HttpRecord(
+                    time.monotonic(),
+                    self.path,
+                    status,
+                    {k.lower(): v for k, v in self.headers.items()},
+                )
+            )
+        out = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        for name, value in CORS_HEADERS:
+            self.send_header(name, value)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """To the module's logger at DEBUG (never stderr)."""
+        logger.debug("POST: " + format, *args)
+
+
+def _invalid_body(message: str) -> dict[str, Any]:
+    return {"detail": {"status": "invalid_request", "message": message}}
 
 
 def _select_subprotocol(

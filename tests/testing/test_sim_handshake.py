@@ -209,3 +209,118 @@ def test_old_signed_url_spelling_and_other_methods(sim: AgentSimulator) -> None:
     assert sim.wait_for_session().signed
     posted = requests.post(sim.base_url + "/v1/convai/conversation/token", timeout=scaled(5))
     assert posted.status_code == 405
+
+
+# -- POST endpoints of the browser client: uploadFile and postOverallFeedback ------------
+
+
+def conversation_id_of(sim: AgentSimulator) -> tuple[websocket.WebSocket, str]:
+    ws = open_ws(sim.ws_url(), ["convai"])
+    meta = start(ws)
+    return ws, meta["conversation_initiation_metadata_event"]["conversation_id"]
+
+
+def test_upload_file_answers_a_file_id(sim: AgentSimulator) -> None:
+    ws, conv_id = conversation_id_of(sim)
+    try:
+        response = requests.post(
+            f"{sim.base_url}/v1/convai/conversations/{conv_id}/files",
+            files={"file": ("photo.png", b"\x89PNG fake", "image/png")},
+            headers={"Origin": "http://localhost:5173"},
+            timeout=scaled(5),
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["access-control-allow-origin"] == "*"
+        file_id = response.json()["file_id"]
+        (upload,) = sim.uploads
+        assert (upload.conversation_id, upload.file_id) == (conv_id, file_id)
+        assert (upload.filename, upload.mime_type, upload.data) == (
+            "photo.png",
+            "image/png",
+            b"\x89PNG fake",
+        )
+        # The WebSocket on the same port is not disturbed; the file id can be sent.
+        ws.send(json.dumps(p_multimodal(file_id)))
+        sim.wait_for_client_message("multimodal_message")
+        assert any(r.status == 200 and r.path.endswith("/files") for r in sim.http_requests)
+    finally:
+        ws.close()
+    assert sim.violations == []
+
+
+def p_multimodal(file_id: str) -> dict[str, Any]:
+    from elevenconv.protocol import ConversationProtocol
+
+    return ConversationProtocol.multimodal_message("what is this?", file_id)
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"feedback": "like"}, 200),
+        ({"rating": 4, "comment": "nice"}, 200),
+        ({"feedback": "meh"}, 422),
+        ({"rating": 9}, 422),
+        ({"rating": True}, 422),
+        ({}, 422),
+        ({"rating": 3, "comment": 5}, 422),
+    ],
+)
+def test_overall_feedback(sim: AgentSimulator, body: dict[str, Any], status: int) -> None:
+    ws, conv_id = conversation_id_of(sim)
+    ws.close()
+    response = requests.post(
+        f"{sim.base_url}/v1/convai/conversations/{conv_id}/feedback", json=body, timeout=scaled(5)
+    )
+    assert response.status_code == status, response.text
+    assert response.headers["access-control-allow-origin"] == "*"
+    if status == 200:
+        assert sim.conversation_feedback == [{"conversation_id": conv_id, **body}]
+    else:
+        assert sim.conversation_feedback == []
+        assert response.json()["detail"]["status"] == "invalid_request"
+
+
+def test_post_refusals(sim: AgentSimulator) -> None:
+    ws, conv_id = conversation_id_of(sim)
+    ws.close()
+    base = f"{sim.base_url}/v1/convai/conversations"
+    cases = [
+        (f"{base}/conv_nope/feedback", {"json": {"feedback": "like"}}, 404),
+        (f"{base}/conv_nope/files", {"files": {"file": ("a", b"x")}}, 404),
+        (f"{base}/{conv_id}/files", {"data": b"not multipart"}, 400),
+        (f"{base}/{conv_id}/files", {"files": {"other": ("a", b"x")}}, 400),
+        (f"{base}/{conv_id}/feedback", {"data": b"{not json"}, 400),
+        (f"{sim.base_url}/v1/somewhere/else", {"json": {}}, 404),
+    ]
+    for url, kwargs, status in cases:
+        response = requests.post(url, timeout=scaled(5), **kwargs)
+        assert response.status_code == status, (url, response.text)
+        assert response.headers["access-control-allow-origin"] == "*"
+        assert isinstance(response.json()["detail"], dict)
+    assert sim.uploads == [] and sim.conversation_feedback == []
+
+
+def test_post_body_too_large_is_refused_without_reading_it(sim: AgentSimulator) -> None:
+    import socket
+
+    with socket.create_connection((sim.host, sim.port), timeout=scaled(5)) as sock:
+        sock.sendall(
+            b"POST /v1/convai/conversations/c/files HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 999999999999\r\n\r\n"
+        )
+        answer = sock.makefile("rb").readline()
+    assert answer.startswith(b"HTTP/1.1 413")
+
+
+def test_close_does_not_wait_for_an_idle_tcp_connection() -> None:
+    import socket
+
+    sim = AgentSimulator(shutdown_timeout=3.0, **FAST).start()
+    with socket.create_connection((sim.host, sim.port), timeout=scaled(5)) as idle:
+        # Wait until the simulator's thread for it exists (it is peeking at the socket).
+        ws = open_ws(sim.ws_url())  # a later connection: the idle one was accepted first
+        ws.close()
+        sim.close()  # raises SimulatorError if a thread outlived shutdown_timeout
+        idle.settimeout(scaled(5))
+        assert idle.recv(1) == b""  # closed by the simulator
