@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -221,6 +222,104 @@ def run_node(
     result: dict[str, Any] = json.loads(lines[-1])
     result.setdefault("stderr", done.stderr)
     return result
+
+
+class NodeWorker:
+    """``node tests/js/<script> --serve``: one scenario per request, node and the SDK loaded
+    once for a whole module (loading @elevenlabs/elevenlabs-js alone takes seconds). A
+    request that fails or overruns kills the worker; the next one starts a new one."""
+
+    def __init__(self, js_dir: Path, script: str) -> None:
+        self.js_dir, self.script = js_dir, script
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stderr: list[str] = []
+        self._threads: list[threading.Thread] = []
+
+    def _start(self) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            ["node", str(self.js_dir / self.script), "--serve"],
+            cwd=self.js_dir,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines = lines = queue.Queue()
+        self.stderr = stderr = []
+
+        def pump(stream: Any, sink: Any) -> None:
+            for line in stream:
+                sink(line)
+            if sink is lines.put:
+                lines.put(None)
+
+        assert proc.stdout is not None and proc.stderr is not None
+        self._threads = [
+            threading.Thread(target=pump, args=(proc.stdout, lines.put), daemon=True),
+            threading.Thread(target=pump, args=(proc.stderr, stderr.append), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        return proc
+
+    def run(self, params: dict[str, Any], *, timeout: float = 60.0) -> dict[str, Any]:
+        """Run one scenario; return its JSON answer (fail the test with the output if it
+        fails, answers nothing or overruns ``timeout``)."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = self._start()
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"deadlineMs": (timeout - 5) * 1000, **params}) + "\n")
+        self.proc.stdin.flush()
+        deadline = time.monotonic() + scaled(timeout) + 10  # the first one loads the SDK
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            if line is None:
+                self.close()
+                pytest.fail(
+                    f"{self.script} gave no answer within {timeout} s:\n{''.join(self.stderr)}",
+                    pytrace=False,
+                )
+            if line.startswith("{"):
+                break
+        result: dict[str, Any] = json.loads(line)
+        if not result.get("ok"):
+            self.close()
+            pytest.fail(
+                f"{self.script}: {result.get('error')}\n--- stderr\n{''.join(self.stderr)}",
+                pytrace=False,
+            )
+        return result
+
+    def close(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()  # the worker exits at the end of its input
+        try:
+            proc.wait(scaled(5))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(scaled(5))
+        for t in self._threads:
+            t.join(scaled(5))
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture(scope="module")
+def node_sdk_worker(js_dir: Path) -> Iterator[NodeWorker]:
+    """A :class:`NodeWorker` for ``node_sdk.mjs`` shared by the module's tests."""
+    worker = NodeWorker(js_dir, "node_sdk.mjs")
+    try:
+        yield worker
+    finally:
+        worker.close()
 
 
 # -- the browser page ------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from tests.fixtures_official import (
     PRIVATE_AGENT,
     VOICE_AGENT,
     VOICE_GREETING,
+    NodeWorker,
     assert_clean,
     kinds,
     run_node,
@@ -379,19 +380,19 @@ def test_python_sdk_voice_barge_in(
 # ==========================================================================================
 
 
-def node_sdk(js_dir: Path, sim: AgentSimulator, scenario: str, **params: Any) -> dict[str, Any]:
-    return run_node(
-        js_dir,
-        "node_sdk.mjs",
-        {"scenario": scenario, "baseUrl": sim.base_url, "apiKey": sim.api_key, **params},
+def node_sdk(
+    worker: NodeWorker, sim: AgentSimulator, scenario: str, **params: Any
+) -> dict[str, Any]:
+    return worker.run(
+        {"scenario": scenario, "baseUrl": sim.base_url, "apiKey": sim.api_key, **params}
     )
 
 
 def test_node_sdk_text_scenarios(
-    official_sim: AgentSimulator, contract: ContractChecks, js_dir: Path
+    official_sim: AgentSimulator, contract: ContractChecks, node_sdk_worker: NodeWorker
 ) -> None:
     sim = official_sim
-    out = node_sdk(js_dir, sim, "text", agentId="sim-agent")
+    out = node_sdk(node_sdk_worker, sim, "text", agentId="sim-agent")
     assert out["greeting"] == DEFAULT_FIRST_MESSAGE
     assert out["reply"].startswith("Hello there!")
     assert out["toolParams"]["tool_call_id"].startswith("sim_tool_")
@@ -416,10 +417,13 @@ def test_node_sdk_text_scenarios(
 
 
 def test_node_sdk_voice_barge_in(
-    official_sim: AgentSimulator, contract: ContractChecks, js_dir: Path, speech_wav: Path
+    official_sim: AgentSimulator,
+    contract: ContractChecks,
+    node_sdk_worker: NodeWorker,
+    speech_wav: Path,
 ) -> None:
     sim = official_sim
-    out = node_sdk(js_dir, sim, "voice", agentId=VOICE_AGENT, speechWav=str(speech_wav))
+    out = node_sdk(node_sdk_worker, sim, "voice", agentId=VOICE_AGENT, speechWav=str(speech_wav))
     assert out["greeting"] == VOICE_GREETING
     assert out["correction"]["original"] == VOICE_GREETING
     assert out["correction"]["corrected"].endswith("...")
@@ -437,10 +441,10 @@ def test_node_sdk_voice_barge_in(
 
 
 def test_node_sdk_signed_url_for_a_private_agent(
-    official_sim: AgentSimulator, contract: ContractChecks, js_dir: Path
+    official_sim: AgentSimulator, contract: ContractChecks, node_sdk_worker: NodeWorker
 ) -> None:
     sim = official_sim
-    out = node_sdk(js_dir, sim, "signed", agentId=PRIVATE_AGENT)
+    out = node_sdk(node_sdk_worker, sim, "signed", agentId=PRIVATE_AGENT)
     assert out["greeting"] == DEFAULT_FIRST_MESSAGE
     assert out["reply"].startswith("Hello there!")
     session = sim.wait_for_session_end(scaled(5))
@@ -449,9 +453,11 @@ def test_node_sdk_signed_url_for_a_private_agent(
     assert_clean(sim, contract)
 
 
-def test_node_sdk_bad_api_key_gets_401(official_sim: AgentSimulator, js_dir: Path) -> None:
+def test_node_sdk_bad_api_key_gets_401(
+    official_sim: AgentSimulator, node_sdk_worker: NodeWorker
+) -> None:
     sim = official_sim
-    out = node_sdk(js_dir, sim, "bad_key", agentId=PRIVATE_AGENT)
+    out = node_sdk(node_sdk_worker, sim, "bad_key", agentId=PRIVATE_AGENT)
     assert out["statusCode"] == 401
     assert out["body"]["detail"]["status"] == "invalid_api_key"
     assert not sim.sessions

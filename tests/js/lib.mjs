@@ -75,3 +75,27 @@ export async function runMain(main) {
     process.exit(1);
   }
 }
+
+/** Serve main(params) for each JSON line on stdin, one at a time, answering one JSON line
+ * each (a worker the Python tests keep for a module: node and the SDK load once). */
+export async function serveLines(main) {
+  const { createInterface } = await import("node:readline");
+  for await (const line of createInterface({ input: process.stdin })) {
+    if (!line.trim()) continue;
+    const params = JSON.parse(line);
+    let timer;
+    const deadline = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error("scenario deadline exceeded")), (params.deadlineMs || 60000) * Inbox.factor);
+    });
+    let reply;
+    try {
+      reply = { ok: true, ...(await Promise.race([main(params), deadline])) };
+    } catch (error) {
+      reply = { ok: false, error: String((error && error.stack) || error) };
+    } finally {
+      clearTimeout(timer);
+    }
+    process.stdout.write(JSON.stringify(reply) + "\n");
+  }
+  process.exit(0);
+}

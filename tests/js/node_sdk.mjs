@@ -2,13 +2,14 @@
 // one scenario against the simulator. Run by tests/test_official_clients.py:
 //
 //   node node_sdk.mjs '{"scenario": "text", "baseUrl": "http://127.0.0.1:PORT", ...}'
+//   node node_sdk.mjs --serve        # the same, for each JSON line on stdin
 //
 // Prints one JSON line: {"ok": true, ...what the SDK saw} or {"ok": false, "error": ...}.
 // Every wait has a deadline (Inbox.next); nothing sleeps.
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 
-import { Inbox, runMain, wavData } from "./lib.mjs";
+import { Inbox, runMain, serveLines, wavData } from "./lib.mjs";
 
 const require = createRequire(import.meta.url);
 const { ElevenLabsClient } = require("@elevenlabs/elevenlabs-js");
@@ -180,8 +181,12 @@ const scenarios = {
   },
 };
 
-runMain(async (params) => {
+async function run(params) {
   const scenario = scenarios[params.scenario];
   if (!scenario) throw new Error(`unknown scenario ${params.scenario}`);
   return scenario(params);
-});
+}
+
+// `node node_sdk.mjs --serve`: one scenario per stdin line (the tests' module-wide worker).
+if (process.argv[2] === "--serve") serveLines(run);
+else runMain(run);
