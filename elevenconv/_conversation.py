@@ -46,7 +46,7 @@ from pyee import EventEmitter
 from elevenconv._audio import AudioInterface
 from elevenconv._client import ElevenLabsClient, add_source_params
 from elevenconv._outbox import STOP, MicDrops, MicPiece, Outbox
-from elevenconv._tools import ClientTools
+from elevenconv._tools import ClientTools, ToolScope
 from elevenconv._transport import (
     WebSocketFactory,
     WebSocketLike,
@@ -54,6 +54,7 @@ from elevenconv._transport import (
     create_websocket,
     redact_url,
 )
+from elevenconv._voice import AGENT_END_DRAIN_S, VoicePipeline
 from elevenconv.errors import (
     AudioError,
     ConfigurationError,
@@ -109,7 +110,6 @@ ConversationEvent = Literal[
 ]
 
 _STOP = object()  # sentinel: the consumer thread exits
-_RESET = object()  # audio token: forget decoder state (after an interruption)
 _PING = object()  # writer item: a WebSocket ping frame
 
 _ids = itertools.count(1)
@@ -118,11 +118,6 @@ _ids = itertools.count(1)
 #: payloads counted); beyond either, new events are dropped (counted, logged).
 EVENTS_QUEUE_SIZE = 10000
 EVENTS_QUEUE_BYTES = 8 * 1024 * 1024
-AUDIO_QUEUE_SIZE = 4096
-#: How long the agent's last words may play after it ends the call.
-AGENT_END_DRAIN_S = 5.0
-#: A resampler holds back ~20-70 ms; flush it when the agent's audio pauses this long.
-RESAMPLER_TAIL_FLUSH_S = 0.15
 #: How long end_session() waits for a tidy teardown before it returns (the rest goes on
 #: in the background, bounded by close_timeout; wait_for_session_end() waits for it).
 END_SESSION_WAIT_S = 0.03
@@ -140,11 +135,6 @@ class _Close:
     """Writer item: send the close frame, then exit."""
 
     code: int = 1000
-
-
-@dataclass(frozen=True)
-class _AudioStop:
-    drain: bool
 
 
 class _Deadline:
@@ -314,14 +304,12 @@ class Conversation(EventEmitter):
         self._log = _ConvLog(log, {"conv": f"#{self._n}"})
         self._lock = threading.Lock()  # guards _state and the close bookkeeping
         self._proto_lock = threading.Lock()  # guards the (unlocked) protocol object
-        self._playback_lock = threading.Lock()  # watermark check + output() are atomic
         self._protocol = ConversationProtocol()
         self._state: Literal["new", "starting", "active", "closing", "ended"] = "new"
         self._sock: WebSocketLike | None = None
         self._outbox = Outbox(max_lag=max_mic_lag)
         # SimpleQueue (C, one futex per wake-up) for the per-message hand-offs; their
         # bounds are kept by the producers (_post, _audio_put).
-        self._audio_q: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._events_q: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._ev_lock = threading.Lock()
         self._ev_count = 0
@@ -347,23 +335,8 @@ class Conversation(EventEmitter):
         self._mic_pending = MicDrops()
         self._mic_reported_at = 0.0
         self._agent_ending = False
-        self._tools_acquired = False
-        self._tool_threads: list[threading.Thread] = []
-        self._iface_started = False
-        self._encoder: Any = None
+        self._tools: ToolScope | None = None  # this conversation's tool calls
         self._events_decoder: Any = None
-        # Voice controls (read by the writer/audio threads; plain attribute reads).
-        self._mic_muted = False
-        self._output_muted = False
-        self._volume = 1.0
-        self._gain_in_thread = 1.0  # applied by the audio thread when the device can't
-        self._echo_guard = echo_guard
-        self._echo_tail = echo_guard_tail_s
-        self._playing = False
-        self._playing_until = 0.0
-        self._mode_lock = threading.Lock()
-        self._mode: Literal["speaking", "listening"] = "listening"
-        self._device_reports_playback = False
         #: Counters: ``dropped_mic_chunks`` and ``dropped_mic_ms`` (microphone audio too
         #: late for the link), ``dropped_events`` (handlers too far behind),
         #: ``discarded_events`` (backlog left when end_session() was called),
@@ -381,6 +354,21 @@ class Conversation(EventEmitter):
             ),
             0,
         )
+
+        self._voice: VoicePipeline | None = None
+        if audio_interface is not None:
+            # Raises at once: ImportError (echo_cancellation=True without the extra).
+            self._voice = VoicePipeline(
+                audio_interface,
+                _VoiceHooks(self),
+                echo_cancellation=echo_cancellation,
+                noise_suppression=noise_suppression,
+                echo_guard=echo_guard,
+                echo_guard_tail_s=echo_guard_tail_s,
+                stats=self.stats,
+                log=self._log,
+                name=f"#{self._n}",
+            )
 
     def __repr__(self) -> str:
         return (
@@ -416,8 +404,7 @@ class Conversation(EventEmitter):
                     "create a new one"
                 )
             self._state = "starting"
-        self.client_tools._acquire()
-        self._tools_acquired = True
+        self._tools = self.client_tools._open_scope(f"#{self._n}")
         self._start_threads()
         try:
             self._await_start()
@@ -507,7 +494,8 @@ class Conversation(EventEmitter):
             self._discard = True
             # Silence the speaker now, not when the close handshake is over: the user
             # hung up.
-            self._silence_for_end()
+            if self._voice is not None:
+                self._voice.silence()
             self._close_requested_at = time.monotonic()
             self._outbox.close(_Close(1000))
             self._cancel_tools()
@@ -584,46 +572,49 @@ class Conversation(EventEmitter):
         """Approve or refuse an MCP tool call that is ``awaiting_approval``."""
         self._send(self._protocol.mcp_tool_approval_result(tool_call_id, approved))
 
-    # -- voice controls -----------------------------------------------------------------
+    # -- voice controls (the voice pipeline's; no-ops in a text-only conversation) --------
 
     def set_mic_muted(self, muted: bool) -> None:
         """Mute the microphone: the stream keeps running and silence is sent instead."""
-        self._mic_muted = bool(muted)
+        if self._voice is not None:
+            self._voice.set_mic_muted(muted)
 
     def set_output_muted(self, muted: bool) -> None:
         """Mute the speaker at once (the agent keeps talking, unheard)."""
-        self._output_muted = bool(muted)
-        self._apply_gain()
+        if self._voice is not None:
+            self._voice.set_output_muted(muted)
 
     def set_volume(self, volume: float) -> None:
         """Speaker volume, 0.0 (silent) to 1.0 (as sent); effective at once."""
-        if not 0.0 <= volume <= 1.0:
+        if not isinstance(volume, (int, float)) or not 0.0 <= volume <= 1.0:
             raise ConfigurationError(f"volume must be between 0.0 and 1.0, not {volume!r}")
-        self._volume = float(volume)
-        self._apply_gain()
+        if self._voice is not None:
+            self._voice.set_volume(volume)
 
     def set_echo_guard(self, enabled: bool, tail_s: float | None = None) -> None:
-        """Half-duplex mode for speakers without headphones: while agent audio plays
-        (and ``tail_s`` after), silence is sent instead of the microphone."""
-        self._echo_guard = bool(enabled)
-        if tail_s is not None:
-            self._echo_tail = tail_s
+        """Half-duplex mode for speakers without echo cancellation: while agent audio
+        plays (and ``tail_s`` after), silence is sent instead of the microphone."""
+        if self._voice is not None:
+            self._voice.set_echo_guard(enabled, tail_s)
 
     def interrupt_playback(self) -> None:
         """Stop the agent's current speech on this side: queued and arriving audio of
         the current response is dropped and the speaker goes silent."""
-        with self._playback_lock:
-            with self._proto_lock:
-                self._protocol.interrupt_locally()
-            if self.audio_interface is not None and self._iface_started:
-                self.audio_interface.interrupt()
-        self._audio_put(_RESET)
-        self._set_playing(False)
+        with self._proto_lock:
+            self._protocol.interrupt_locally()
+        if self._voice is not None:
+            self._voice.interrupt_playback()
 
     @property
     def mode(self) -> Literal["speaking", "listening"]:
         """``"speaking"`` while agent audio plays, else ``"listening"``."""
-        return self._mode
+        return self._voice.mode if self._voice is not None else "listening"
+
+    @property
+    def echo_cancellation_active(self) -> bool:
+        """Whether the microphone's echo of the speaker is cancelled (voice mode with
+        ``echo_cancellation`` on and its dependency installed); ``False`` in text mode."""
+        return self._voice is not None and self._voice.echo_cancellation_active
 
     # ==================================================================================
     # Events: every handler runs on the events thread, isolated from the others.
@@ -758,8 +749,7 @@ class Conversation(EventEmitter):
                 self.stats["discarded_events"] += 1
                 continue
             self._dispatch(event, args)
-        if self._mode == "speaking":
-            self._mode = "listening"
+        if self.mode == "speaking" and not self._discard:
             self.emit("mode_change", "listening")
         if not self._start_failed:
             self.emit(
@@ -845,8 +835,8 @@ class Conversation(EventEmitter):
             ("events", self._events_loop),
             ("keepalive", self._keepalive_loop),
         ]
-        if self.audio_interface is not None:
-            targets.append(("audio", self._audio_loop))
+        if self._voice is not None:
+            targets.extend(self._voice.threads())
         targets.append(("reader", self._reader_loop))
         for role, target in targets:
             thread = threading.Thread(
@@ -856,17 +846,13 @@ class Conversation(EventEmitter):
             self._threads[role] = thread  # only started threads: _join() may run meanwhile
 
     def _start_audio(self) -> None:
-        iface = self.audio_interface
-        if iface is None:
+        voice = self._voice
+        if voice is None:
             return
-        from elevenconv._audioformat import UserAudioEncoder
-
-        self._encoder = UserAudioEncoder(self._protocol.user_input_audio_format)
-        self._outbox.bytes_per_second = _bytes_per_second(self._protocol.user_input_audio_format)
-        self._device_reports_playback = bool(iface.set_playback_callback(self._on_device_playback))
-        self._apply_gain()
-        iface.start(self._on_mic_chunk)
-        self._iface_started = True
+        fmt_in = self._protocol.user_input_audio_format
+        voice.set_formats(fmt_in, self._protocol.agent_output_audio_format)
+        self._outbox.bytes_per_second = _bytes_per_second(fmt_in)
+        voice.start_device()
 
     def _finish(self, code: int | None, reason: str, error: BaseException | None) -> None:
         """Runs once, on the reader thread, when the socket is done: stop everything."""
@@ -895,18 +881,17 @@ class Conversation(EventEmitter):
         self._abort_socket()
         self._outbox.close()
         deadline = _Deadline(self.close_timeout + (AGENT_END_DRAIN_S if drain else 0.0) + 1.0)
-        if "audio" in self._threads:
-            self._audio_q.put(_AudioStop(drain=drain))
-        for role in ("audio", "writer"):
+        if self._voice is not None:
+            self._voice.stop(drain)
+        for role in ("audio", "capture", "writer"):
             thread = self._threads.get(role)
             if thread is not None and thread is not threading.current_thread():
                 thread.join(deadline.remaining())
                 if thread.is_alive():
                     self._log.error("thread %s did not stop in time", thread.name)
         self._report_mic_drops(final=True)
-        if self._tools_acquired:
-            self._tools_acquired = False
-            self._tool_threads = self.client_tools._release()
+        if self._tools is not None:
+            self._tools.close()  # calls not started never start; running ones are not answered
         if (
             initiator == "error"
             and not self._start_failed
@@ -926,17 +911,21 @@ class Conversation(EventEmitter):
         ``True`` if all of them have exited."""
         me = threading.current_thread()
         done = True
-        for thread in [*list(self._threads.values()), *self._tool_threads]:
+        for thread in list(self._threads.values()):
             if thread is not me:
                 thread.join(deadline.remaining())
                 done = done and not thread.is_alive()
+        # Tool calls still running (a tool that ends its own session is not waited for).
+        if self._tools is not None and self._tools.closed:
+            done = self._tools.join(deadline.remaining()) and done
         return done
 
     def _cancel_tools(self) -> None:
         """end_session(): tool calls of this conversation that have not started never will."""
-        cancel = getattr(self.client_tools, "_cancel_pending", None)
-        if cancel is not None:
-            cancel()
+        if self._tools is not None:
+            cancelled = self._tools.close()
+            if cancelled:
+                self._log.info("%d queued tool call(s) cancelled by end_session()", cancelled)
 
     def _abort_socket(self) -> None:
         sock = self._sock
@@ -1094,8 +1083,8 @@ class Conversation(EventEmitter):
         thread per audio message was a third of the client's CPU on audio.
         """
         if isinstance(event, AudioEvent):
-            if self.audio_interface is not None:
-                self._audio_put(event)
+            if self._voice is not None:
+                self._voice.feed(event)
             elif self._has_listeners("audio") or self._has_listeners("audio_alignment"):
                 self._post("_audio", event)
             return
@@ -1105,11 +1094,8 @@ class Conversation(EventEmitter):
             if event.ping_ms is None:
                 return
         elif isinstance(event, InterruptionEvent):
-            if self.audio_interface is not None and self._iface_started:
-                with self._playback_lock:
-                    self.audio_interface.interrupt()
-                self._audio_put(_RESET)
-            self._set_playing(False)
+            if self._voice is not None:
+                self._voice.on_interruption()
         elif isinstance(event, ConversationInitiationMetadataEvent):
             self._log.extra = {"conv": event.conversation_id}
             self._post("session_started")
@@ -1223,25 +1209,6 @@ class Conversation(EventEmitter):
         if burst_over:
             self._mic_burst_last = None
 
-    def _echo_guard_active(self) -> bool:
-        return self._echo_guard and (
-            self._playing or time.monotonic() < self._playing_until + self._echo_tail
-        )
-
-    def _on_mic_chunk(self, pcm: bytes) -> None:
-        """``input_callback`` given to the audio interface: never blocks."""
-        # "starting" too: the interface is started last in start_session(), after the
-        # metadata, with the writer running; its first chunks may come before the state
-        # turns "active" and must not be lost.
-        if self._state not in ("starting", "active") or self._encoder is None:
-            return
-        captured_at = time.monotonic()
-        if self._mic_muted or self._echo_guard_active():
-            pcm = bytes(len(pcm))
-        data = self._encoder.encode(bytes(pcm))
-        if data:
-            self._outbox.put_mic(data, captured_at)
-
     # ==================================================================================
     # Tools
     # ==================================================================================
@@ -1279,7 +1246,8 @@ class Conversation(EventEmitter):
             if event.expects_response:
                 self._send_tool_result(event.tool_call_id, result, is_error)
 
-        self.client_tools._submit(name, params, event.tool_call_id, on_done)
+        assert self._tools is not None  # opened by start_session() before any thread
+        self._tools.submit(name, params, event.tool_call_id, on_done)
 
     def _send_tool_result(self, tool_call_id: str, result: str, is_error: bool) -> None:
         if self._state not in ("starting", "active"):
@@ -1290,160 +1258,20 @@ class Conversation(EventEmitter):
         self._enqueue(encode_message(message))
 
     # ==================================================================================
-    # ==================================================================================
-    # Audio: decode/convert agent audio off the reader; feed the device.
-    # ==================================================================================
 
-    def _audio_put(self, item: object) -> None:
-        if "audio" not in self._threads:
-            return
-        q = self._audio_q
-        if q.qsize() < AUDIO_QUEUE_SIZE or not isinstance(item, AudioEvent):
-            q.put(item)  # control items (_RESET) always get in
-        else:
-            self.stats["dropped_audio"] += 1
-            self._log.error("audio queue full; dropped an agent audio chunk")
 
-    def _audio_loop(self) -> None:
-        iface = self.audio_interface
-        assert iface is not None
-        q = self._audio_q
-        decoder: Any = None
-        last_event_id = 0
-        tail_due: float | None = None  # when to flush the resampler's held-back tail
-        stop = _AudioStop(drain=False)
-        while True:
-            # Block for the next item, or until a deadline: the resampler tail is due
-            # (the stream paused), or the audio handed out should have played (devices
-            # that do not report playback). Deadlines, not polling.
-            deadlines = [d for d in (tail_due, self._inferred_play_end()) if d is not None]
-            try:
-                if deadlines:
-                    item = q.get(timeout=max(0.0, min(deadlines) - time.monotonic()))
-                else:
-                    item = q.get()
-            except queue.Empty:
-                now = time.monotonic()
-                if tail_due is not None and now >= tail_due:
-                    tail_due = None
-                    self._output(iface, decoder.flush(), last_event_id)
-                play_end = self._inferred_play_end()
-                if play_end is not None and now >= play_end:
-                    self._set_playing(False)
-                continue
-            if isinstance(item, _AudioStop):
-                stop = item
-                break
-            if item is _RESET:
-                tail_due = None
-                if decoder is not None:
-                    decoder.reset()
-                continue
-            if not isinstance(item, AudioEvent):
-                continue
-            if decoder is None:
-                from elevenconv._audioformat import AgentAudioDecoder
+class _VoiceHooks:
+    """The Conversation's side of :class:`~elevenconv._voice.VoiceHooks`."""
 
-                decoder = AgentAudioDecoder(self._protocol.agent_output_audio_format)
-            if self._play(iface, decoder, item):
-                last_event_id = item.event_id
-                if not decoder.passthrough:
-                    tail_due = time.monotonic() + RESAMPLER_TAIL_FLUSH_S
-        # Exit: the one place the device is stopped.
-        if self._iface_started:
-            try:
-                if stop.drain:
-                    if decoder is not None and tail_due is not None:
-                        self._output(iface, decoder.flush(), last_event_id)
-                    iface.wait_until_drained(AGENT_END_DRAIN_S)
-                else:
-                    iface.interrupt()
-            except Exception:
-                self._log.exception("audio interface failed while stopping")
-            try:
-                iface.stop()
-            except Exception:
-                self._log.exception("audio interface stop() failed")
-            self._iface_started = False
-        self._set_playing(False)
+    def __init__(self, conv: Conversation) -> None:
+        self._conv = conv
+        self.post = conv._post
+        self.has_listeners = conv._has_listeners
 
-    def _inferred_play_end(self) -> float | None:
-        if self._playing and not self._device_reports_playback:
-            return self._playing_until
-        return None
+    def send_audio(self, chunk: bytes, captured_at: float) -> None:
+        conv = self._conv
+        if conv._state in ("starting", "active") and not conv._discard:
+            conv._outbox.put_mic(chunk, captured_at)
 
-    def _play(self, iface: AudioInterface, decoder: Any, event: AudioEvent) -> bool:
-        """Decode, convert and hand one chunk to the device; ``False`` if dropped."""
-        if not self._protocol.is_audio_current(event.event_id):
-            self.stats["stale_audio"] += 1
-            return False
-        try:
-            pcm = decoder.decode(event.audio)
-        except RemoteProtocolError as exc:
-            self._post("error", exc)
-            return False
-        except Exception as exc:  # a conversion failure must not kill audio
-            self._log.exception("could not convert agent audio")
-            self._post("error", AudioError(f"could not convert agent audio: {exc}"))
-            return False
-        played = self._output(iface, pcm, event.event_id)
-        if event.alignment is not None:
-            self._post("audio_alignment", event.alignment, event.event_id)
-        return played
-
-    def _output(self, iface: AudioInterface, pcm: bytes, event_id: int) -> bool:
-        if not pcm:
-            return True
-        out = pcm
-        gain = self._gain_in_thread
-        if gain != 1.0:
-            from elevenconv._audioformat import scale_pcm16
-
-            out = scale_pcm16(pcm, gain)
-        with self._playback_lock:
-            # Checked again under the lock: an interruption may have come in meanwhile.
-            if not self._protocol.is_audio_current(event_id):
-                self.stats["stale_audio"] += 1
-                return False
-            if self._initiator == "user":
-                return False  # end_session() was called: nothing more is played
-            iface.output(out)
-        if not self._device_reports_playback:
-            now = time.monotonic()
-            self._playing_until = max(now, self._playing_until) + len(pcm) / 32000.0
-            self._set_playing(True)
-        if self._has_listeners("audio"):
-            self._post("audio", pcm, event_id)
-        return True
-
-    def _silence_for_end(self) -> None:
-        """end_session(): drop queued audio at once (caller's thread; _initiator is set)."""
-        iface = self.audio_interface
-        if iface is None or not self._iface_started:
-            return
-        try:
-            with self._playback_lock:
-                iface.interrupt()
-        except Exception:
-            self._log.exception("audio interface interrupt() failed")
-
-    def _on_device_playback(self, playing: bool) -> None:
-        """The device's playback callback (its own thread): O(1)."""
-        if not playing:
-            self._playing_until = time.monotonic()
-        self._set_playing(playing)
-
-    def _set_playing(self, playing: bool) -> None:
-        mode: Literal["speaking", "listening"] = "speaking" if playing else "listening"
-        with self._mode_lock:
-            self._playing = playing
-            if self._mode == mode:
-                return
-            self._mode = mode
-        self._post("mode_change", mode)
-
-    def _apply_gain(self) -> None:
-        gain = 0.0 if self._output_muted else self._volume
-        iface = self.audio_interface
-        handled = iface is not None and iface.set_output_gain(gain)
-        self._gain_in_thread = 1.0 if handled else gain
+    def is_audio_current(self, event_id: int) -> bool:
+        return self._conv._protocol.is_audio_current(event_id)

@@ -49,6 +49,8 @@ class EventLog:
 class RecordingAudioInterface(AudioInterface):
     """An AudioInterface that records what it is asked to do (no device)."""
 
+    acoustic_echo = False  # no speaker, no microphone: nothing to cancel
+
     def __init__(self) -> None:
         self.log: list[tuple[str, bytes]] = []
         self.input_callback: Callable[[bytes], None] | None = None

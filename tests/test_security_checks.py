@@ -42,6 +42,7 @@ from websockets.sync.server import ServerConnection, serve
 
 import elevenconv._conversation as conversation_module
 import elevenconv._outbox as outbox_module
+import elevenconv._voice as voice_module
 from elevenconv import ClientTools, Conversation, ElevenLabsClient
 from elevenconv.errors import (
     AuthenticationError,
@@ -398,7 +399,8 @@ def test_every_queue_is_bounded() -> None:
     (the audio and events hand-offs enforce theirs in the producer, not in the queue)."""
     assert 0 < outbox_module.CONTROL_MAX_ITEMS <= 10_000
     assert 0 < outbox_module.CONTROL_MAX_BYTES <= 64 * 1024 * 1024
-    assert 0 < conversation_module.AUDIO_QUEUE_SIZE <= 10_000
+    assert 0 < voice_module.AUDIO_QUEUE_BYTES <= 16 * 1024 * 1024
+    assert 0 < voice_module.MIC_RING_BYTES <= 1024 * 1024
     assert 0 < conversation_module.EVENTS_QUEUE_SIZE <= 10_000
     assert 0 < conversation_module.EVENTS_QUEUE_BYTES <= 16 * 1024 * 1024
     conv = Conversation(agent_id="a", requires_auth=False, websocket_factory=FakeWebSocket())
@@ -471,13 +473,14 @@ def test_mic_overflow_drops_the_oldest_chunks() -> None:
 
     fake = FakeWebSocket(on_send=on_send)
     audio = RecordingAudioInterface()
-    lag = 5.0  # long enough that no piece gets too old during the test: the bytes bound acts
+    lag = 1.0
     conv = Conversation(
         agent_id="a",
         requires_auth=False,
         websocket_factory=fake,
         audio_interface=audio,
         max_mic_lag=lag,
+        echo_cancellation=False,  # the canceller's 10 ms framing would hold the last chunk
     )
     events = EventLog(conv)
     conv.start_session()
@@ -492,15 +495,27 @@ def test_mic_overflow_drops_the_oldest_chunks() -> None:
             mic(_pcm_chunk(i))
     finally:
         gate.set()
-    chunks = fake.wait_for_sent("user_audio_chunk", count=1 + keep, timeout=scaled(5))
     import base64
 
-    sent = [struct.unpack("<h", base64.b64decode(c["user_audio_chunk"])[:2])[0] for c in chunks]
-    assert sent == [0, *range(total - keep, total)]  # the newest kept, the oldest dropped
-    assert conv.stats["dropped_mic_chunks"] == total - 1 - keep
-    assert conv.stats["dropped_mic_ms"] == 10 * (total - 1 - keep)
-    dropped = events.wait_for("mic_audio_dropped")
-    assert sum(chunks for chunks, _ in dropped) <= total - 1 - keep
+    def sent_indexes(count: int) -> list[int]:
+        # Messages may carry several 10 ms chunks (the capture chain and the outbox cut
+        # audio their own way): read the index of every 10 ms of audio sent.
+        messages = fake.wait_for_sent("user_audio_chunk", count=count, timeout=scaled(5))
+        audio = b"".join(base64.b64decode(m["user_audio_chunk"]) for m in messages)
+        return [struct.unpack_from("<h", audio, at)[0] for at in range(0, len(audio), 320)]
+
+    messages = 1
+    sent = sent_indexes(messages)
+    while sent[-1] != total - 1:  # until the newest chunk went out
+        messages += 1
+        sent = sent_indexes(messages)
+    assert sent[0] == 0 and sent == sorted(set(sent))  # in order, none twice
+    assert len(sent) <= 1 + keep + 200  # what the outbox holds (+ the capture ring's 2 s)
+    dropped = conv.stats["dropped_mic_chunks"] + conv.stats["dropped_capture_chunks"]
+    assert dropped == total - len(sent)  # every chunk is sent or counted: the oldest go
+    assert conv.stats["dropped_mic_chunks"] > 0
+    reports = events.wait_for("mic_audio_dropped")
+    assert 0 < sum(chunks for chunks, _ in reports) <= conv.stats["dropped_mic_chunks"]
     conv.end_session()
 
 
@@ -529,6 +544,11 @@ def test_control_messages_go_ahead_of_queued_microphone_audio() -> None:
         for i in range(1, 20):
             mic(_pcm_chunk(i))
         fake.push(ping(5))
+        outbox = conv._outbox
+        with outbox._cond:  # the reader has queued its pong (put_control notifies)
+            assert outbox._cond.wait_for(
+                lambda: any("pong" in str(item) for item in outbox._control), scaled(5)
+            )
         conv.send_user_message("urgent")
     finally:
         gate.set()
@@ -583,8 +603,11 @@ def test_writer_queue_full_gives_senders_back_pressure(
 
 
 def test_audio_queue_full_drops_new_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+
     size = 5
-    monkeypatch.setattr(conversation_module, "AUDIO_QUEUE_SIZE", size)
+    chunk = len(base64.b64encode(_pcm_chunk(0)))  # the bound counts base64 bytes
+    monkeypatch.setattr(voice_module, "AUDIO_QUEUE_BYTES", size * chunk)
     playing, gate = threading.Event(), threading.Event()
 
     class StuckDevice(RecordingAudioInterface):

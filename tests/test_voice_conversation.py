@@ -36,6 +36,8 @@ from elevenconv._audioformat import (
     ulaw_encode,
 )
 from elevenconv._fileaudio import write_wav_pcm16
+from elevenconv._voice import MAX_CONSECUTIVE_DEVICE_FAILURES
+from elevenconv.errors import AudioError
 from tests.conftest import library_threads, scaled
 from tests.fixtures_loopback import LoopbackControl
 from tests.fixtures_sound import (
@@ -50,7 +52,8 @@ from tests.fixtures_sound import (
     rms,
     tone,
 )
-from tests.helpers import audio_message
+from tests.helpers import agent_response, audio_message, ping
+from tests.test_voice_pipeline import FakeDevice
 
 #: One output buffer of DefaultAudioInterface: the most an interruption may still play
 #: after it reached the client (the interface's own share; see test_audio_device.py).
@@ -246,6 +249,9 @@ class Voice:
         )
         self.control.server.__enter__()
         self.iface = iface if iface is not None else DefaultAudioInterface()
+        # These tests measure the raw chains (bit-exact levels and timings); echo
+        # cancellation has its own tests below and in test_room.py.
+        conv_kwargs.setdefault("echo_cancellation", False)
         self.conv = Conversation(
             ElevenLabsClient(base_url=self.control.server.base_url),
             "agent",
@@ -742,6 +748,7 @@ def test_end_session_frees_the_devices_for_a_fresh_interface(
         v.timeline.wait_for("mode_change", 2)  # played, and drained
         v.mic.wait_past(time.monotonic())  # the microphone delivers
         v.conv.end_session()
+        v.conv.wait_for_session_end(scaled(5))  # the barrier: every thread has exited
         left = [t.name for t in library_threads()]
         print(f"\n[devices] round {round_ + 1}: threads left {left}, streams {streams()}")
         assert not left
@@ -817,3 +824,151 @@ def test_wav_file_interface_through_a_conversation(
     assert sent_mic[: len(expected_mic)] == expected_mic
     # The agent's audio, converted to 16 kHz exactly as a reference decoder does it.
     assert recorded == expected_out
+
+
+# ======================================================================================
+# Echo cancellation: on by default with a real device
+# ======================================================================================
+
+
+@pytest.mark.audio
+@pytest.mark.timeout(60)
+def test_echo_cancellation_is_on_by_default_and_the_microphone_still_gets_through(
+    voice: Callable[..., Voice], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="elevenconv"):
+        v = voice(echo_cancellation=None).start()
+    assert any("echo cancellation on: WebRTC AEC3" in r.getMessage() for r in caplog.records)
+    mic = v.mic
+    mic.wait_past(time.monotonic())
+    with play_into_mic(tone(1000, 1.0, amplitude=0.5)) as playback:
+        mic.wait_loud(0.9, timeout=10)
+        assert playback.wait(scaled(10)) == 0
+    mic.wait_past(time.monotonic() + 0.3)
+    received = mic.samples()
+    (first, last), *_ = spans(received)
+    level = rms(received[first:last])
+    print(f"\n[echo cancellation on, no echo] tone rms {level:.0f} of {0.5 * 32767 / 2**0.5:.0f}")
+    # Near-end speech passes (the engine's high-pass filter and gain take a little).
+    assert dominant_frequency(received[first:last]) == pytest.approx(1000, abs=10)
+    assert level == pytest.approx(0.5 * 32767 / 2**0.5, rel=0.15)
+
+
+# ======================================================================================
+# Device faults never take the session down (issue 8, point 5). No sound server needed.
+# ======================================================================================
+
+
+class FaultySession:
+    """A Conversation on the loopback server with a FakeDevice."""
+
+    def __init__(self, device: FakeDevice, **conv_kwargs: Any) -> None:
+        self.device = device
+        self.control = LoopbackControl()
+        self.control.server.__enter__()
+        self.errors: queue.Queue[BaseException] = queue.Queue()
+        self.responses: queue.Queue[str] = queue.Queue()
+        conv_kwargs.setdefault("echo_cancellation", False)
+        self.conv = Conversation(
+            ElevenLabsClient(base_url=self.control.server.base_url),
+            "agent",
+            requires_auth=False,
+            audio_interface=device,
+            **conv_kwargs,
+        )
+        self.conv.on("error", self.errors.put)
+        self.conv.on("agent_response", self.responses.put)
+
+    def close(self) -> None:
+        try:
+            self.conv.end_session()
+        finally:
+            self.control.server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def faulty() -> Iterator[Callable[..., FaultySession]]:
+    made: list[FaultySession] = []
+
+    def make(device: FakeDevice, **kwargs: Any) -> FaultySession:
+        session = FaultySession(device, **kwargs)
+        made.append(session)
+        return session
+
+    yield make
+    for session in made:
+        session.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_failing_output_gives_audio_up_and_the_text_side_continues(
+    faulty: Callable[..., FaultySession],
+) -> None:
+    s = faulty(FakeDevice(output_errors=lambda n: True))
+    s.conv.start_session()
+    for _ in range(MAX_CONSECUTIVE_DEVICE_FAILURES + 3):
+        s.control.push(audio_message(1, bytes(3200)))
+    errors = [s.errors.get(timeout=scaled(5)) for _ in range(MAX_CONSECUTIVE_DEVICE_FAILURES)]
+    assert all(isinstance(e, AudioError) for e in errors)
+    assert "text still works" in str(errors[-1])
+    s.device.wait_for(lambda: s.device.count("stop") == 1)
+    # The conversation goes on as text.
+    assert s.conv.is_session_active()
+    s.conv.send_user_message("still there?")
+    assert s.control.wait_for_sent("user_message")[0]["text"] == "still there?"
+    s.control.push(agent_response("yes"))
+    assert s.responses.get(timeout=scaled(5)) == "yes"
+    assert s.errors.empty()  # one error for giving up, no more
+    s.conv.end_session()
+    assert s.device.count("stop") == 1
+
+
+@pytest.mark.timeout(30)
+def test_a_blocked_output_delays_neither_pongs_nor_end_session(
+    faulty: Callable[..., FaultySession],
+) -> None:
+    device = FakeDevice()
+    device.output_gate = threading.Event()
+    s = faulty(device)
+    s.conv.start_session()
+    s.control.push(audio_message(1, bytes(3200)))
+    assert device.output_entered.wait(scaled(5))  # the audio thread is stuck in output()
+    s.control.push(interruption(2))
+    s.control.push(ping(7))
+    pong = s.control.wait_for_sent("pong", timeout=2)[0]
+    assert pong["event_id"] == 7
+    t0 = time.monotonic()
+    device.output_gate.set()  # the device recovers: the interruption reaches it
+    device.wait_for(lambda: device.count("interrupt") >= 1)
+    s.conv.end_session()
+    print(f"\n[blocked output] end_session after recovery: {(time.monotonic() - t0) * 1e3:.0f} ms")
+    assert device.count("stop") == 1
+
+
+@pytest.mark.timeout(30)
+def test_a_device_that_fails_to_start_fails_start_session_cleanly(
+    faulty: Callable[..., FaultySession],
+) -> None:
+    s = faulty(FakeDevice(start_error=OSError("device busy")))
+    with pytest.raises(AudioError, match="failed to start: OSError: device busy"):
+        s.conv.start_session()
+    assert s.device.calls == ["start", "stop"]
+    assert not s.conv.is_session_active()
+
+
+@pytest.mark.timeout(30)
+def test_microphone_chunks_after_end_session_are_ignored(
+    faulty: Callable[..., FaultySession],
+) -> None:
+    s = faulty(FakeDevice())
+    s.conv.start_session()
+    s.device.mic(b"\x10\x00" * 1600)
+    s.control.wait_for_sent("user_audio_chunk")
+    s.conv.end_session()
+    sent = len(s.control.sent("user_audio_chunk"))
+    s.device.mic(b"\x10\x00" * 1600)  # a device that keeps delivering after stop()
+    assert s.errors.empty()
+    assert len(s.control.sent("user_audio_chunk")) == sent
+    assert s.device.calls[-1] == "stop"
