@@ -180,8 +180,8 @@ class AgentConfig:
             ``override_error`` and close 1008, as a locked-down real agent does.
         faults: :class:`Faults` for this agent's conversations.
         client_events: the server events the agent sends (others are not sent: they are
-            counted in ``SimSession.suppressed``); ``None``: :data:`SIM_CLIENT_EVENTS`.
-            :data:`CONTRACT_DEFAULT_CLIENT_EVENTS` is what the service sends for an agent
+            counted in ``SimSession.suppressed``); ``None``: ``SIM_CLIENT_EVENTS``.
+            ``CONTRACT_DEFAULT_CLIENT_EVENTS`` is what the service sends for an agent
             that names none. A client's ``conversation.client_events`` override replaces it.
         mcp_approval_timeout: seconds the default agent's MCP tool call waits for
             ``mcp_tool_approval_result`` (its ``approval_timeout_secs``) before failing.

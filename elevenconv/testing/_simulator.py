@@ -35,8 +35,8 @@ What it serves:
 * Every HTTP answer carries CORS headers (``Access-Control-Allow-Origin: *``) and
   ``OPTIONS`` preflights get 204, so a page served from another origin can fetch them.
 * Each agent sends only the server events its ``client_events`` enable (default
-  :data:`SIM_CLIENT_EVENTS`: no ``vad_score``, no ``internal_*``;
-  :data:`CONTRACT_DEFAULT_CLIENT_EVENTS` is the service's default), as the client's
+  ``SIM_CLIENT_EVENTS``: no ``vad_score``, no ``internal_*``;
+  ``CONTRACT_DEFAULT_CLIENT_EVENTS`` is the service's default), as the client's
   ``conversation.client_events`` override may change; the rest is counted in
   ``SimSession.suppressed``.
 * Per connection either the default agent (:mod:`elevenconv.testing._sim_agent`: first
@@ -223,7 +223,8 @@ class AgentSimulator:
         agents: extra :class:`AgentConfig` s; the public agent ``"sim-agent"`` always exists
             (pass an AgentConfig with that id to change it).
         api_key: the key ``get-signed-url`` accepts in the ``xi-api-key`` header.
-        host / port: where to listen (``port=0``: any free port, see :attr:`port`).
+        host: the address to listen on.
+        port: the TCP port (``0``: any free port, see :attr:`port`).
         script: run these :class:`Step` s on every connection instead of the default agent
             (after the init/metadata exchange, unless the script does it itself).
         faults: :class:`Faults` (or a dict of its fields) for every agent, replacing their own.
@@ -520,7 +521,7 @@ class AgentSimulator:
         "what's the weather?" call the client tool ``get_weather``. ``None`` keeps the
         default (``"time"`` -> ``get_current_time``). See :class:`AgentConfig` for the rest.
         ``client_events``: the server events this agent sends (default
-        :data:`SIM_CLIENT_EVENTS`; :data:`CONTRACT_DEFAULT_CLIENT_EVENTS` is the service's
+        ``SIM_CLIENT_EVENTS``; ``CONTRACT_DEFAULT_CLIENT_EVENTS`` is the service's
         default for an agent that names none). Takes effect for connections opened
         afterwards.
         """
