@@ -11,7 +11,8 @@ import { join } from "node:path";
 
 import { chromium } from "playwright-core";
 
-import { Inbox, runMain } from "./lib.mjs";
+import { Inbox } from "./lib.mjs";
+import { runMain } from "./node_lib.mjs";
 
 runMain(async ({ chromium: executablePath, pageUrl, scenario, params, fakeAudio, timeoutMs: baseTimeoutMs = 45000 }) => {
   const timeoutMs = baseTimeoutMs * Inbox.factor;

@@ -9,7 +9,8 @@
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 
-import { Inbox, runMain, serveLines, wavData } from "./lib.mjs";
+import { Inbox, wavData } from "./lib.mjs";
+import { runMain, serveLines } from "./node_lib.mjs";
 
 const require = createRequire(import.meta.url);
 const { ElevenLabsClient } = require("@elevenlabs/elevenlabs-js");
