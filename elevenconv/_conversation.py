@@ -37,7 +37,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -78,6 +78,7 @@ from elevenconv.protocol import (
     ConversationProtocol,
     ErrorEvent,
     InterruptionEvent,
+    McpToolCallEvent,
     PingEvent,
     ServerEvent,
     encode_message,
@@ -92,11 +93,14 @@ ConversationEvent = Literal[
     "conversation_started",
     "session_ended",
     "error",
+    "conversation_metadata",
     "agent_response",
+    "agent_response_attachments",
     "agent_response_correction",
     "user_transcript",
     "tentative_user_transcript",
     "agent_chat_response_part",
+    "agent_reasoning_response_part",
     "audio",
     "audio_alignment",
     "interruption",
@@ -104,6 +108,20 @@ ConversationEvent = Literal[
     "vad_score",
     "client_tool_call",
     "unhandled_client_tool_call",
+    "agent_tool_request",
+    "agent_tool_response",
+    "mcp_tool_call",
+    "mcp_connection_status",
+    "guardrail_triggered",
+    "context_usage",
+    "rich_content",
+    "agent_typing",
+    "external_agent_connected",
+    "external_agent_disconnected",
+    "asr_initiation_metadata",
+    "internal_turn_probability",
+    "internal_tentative_agent_response",
+    "can_send_feedback_change",
     "mode_change",
     "mic_audio_dropped",
     "message",
@@ -246,6 +264,7 @@ class Conversation(EventEmitter):
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         max_mic_lag: float = 1.0,
+        on_mcp_tool_approval_request: Callable[[McpToolCallEvent], bool] | None = None,
         echo_cancellation: bool | None = None,
         noise_suppression: bool = False,
         echo_guard: bool = False,
@@ -280,6 +299,7 @@ class Conversation(EventEmitter):
         self.max_mic_lag = max_mic_lag
         self.echo_cancellation = echo_cancellation
         self.noise_suppression = noise_suppression
+        self.on_mcp_tool_approval_request = on_mcp_tool_approval_request
         self._transport_options = dict(transport_options or {})
         self._once_handlers: dict[str, set[Callable[..., Any]]] = {}
 
@@ -540,13 +560,16 @@ class Conversation(EventEmitter):
         """``True`` between a successful :meth:`start_session` and the session's end."""
         return self._state == "active"
 
-    def send_user_message(self, text: str) -> None:
-        """Send text as if the user had said it. Raises :class:`SessionNotActiveError`."""
-        self._send(self._protocol.user_message(text))
+    def send_user_message(self, text: str, *, rich_content_id: str | None = None) -> None:
+        """Send text as if the user had said it. ``rich_content_id``: the
+        ``rich_content`` whose button the user tapped, when the text comes from a tap.
+        Raises :class:`SessionNotActiveError`."""
+        self._send(self._protocol.user_message(text, rich_content_id=rich_content_id))
 
-    def send_contextual_update(self, text: str) -> None:
-        """Tell the agent something in the background, without interrupting it."""
-        self._send(self._protocol.contextual_update(text))
+    def send_contextual_update(self, text: str, *, context_id: str | None = None) -> None:
+        """Tell the agent something in the background, without interrupting it. Updates
+        with the same ``context_id`` replace each other in the agent's context."""
+        self._send(self._protocol.contextual_update(text, context_id=context_id))
 
     def register_user_activity(self) -> None:
         """Signal that the user is active (typing), so the agent does not talk over."""
@@ -558,18 +581,29 @@ class Conversation(EventEmitter):
         self._require_active()
         with self._proto_lock:
             message = self._protocol.feedback(like)
+            change = self._protocol.take_feedback_change()
         if message is None:
             self._log.warning("no new agent response to give feedback on; feedback not sent")
             return False
         self._send(message)
+        if change is not None:
+            self._post_if_listened("can_send_feedback_change", change)
         return True
 
-    def send_multimodal_message(self, text: str | None = None, file_id: str | None = None) -> None:
-        """Send text and/or the id of an uploaded file together."""
-        self._send(self._protocol.multimodal_message(text, file_id))
+    def send_multimodal_message(
+        self,
+        text: str | None = None,
+        file_id: str | None = None,
+        file_ids: Sequence[str] | None = None,
+    ) -> None:
+        """Send text and/or uploaded files together: ``files`` lists every file (and
+        ``file`` the first, as the official clients send it)."""
+        self._send(self._protocol.multimodal_message(text, file_id, file_ids))
 
     def send_mcp_tool_approval(self, tool_call_id: str, approved: bool) -> None:
-        """Approve or refuse an MCP tool call that is ``awaiting_approval``."""
+        """Approve or refuse an MCP tool call that is ``awaiting_approval`` (an
+        ``mcp_tool_call`` event with ``state == "awaiting_approval"``). Or pass
+        ``on_mcp_tool_approval_request`` to the constructor to decide automatically."""
         self._send(self._protocol.mcp_tool_approval_result(tool_call_id, approved))
 
     # -- voice controls (the voice pipeline's; no-ops in a text-only conversation) --------
@@ -713,6 +747,9 @@ class Conversation(EventEmitter):
         self._events_q.put((event, args, size))
 
     def _dispatch(self, event: str, args: tuple[Any, ...]) -> None:
+        if event == "_mcp_approval":
+            self._decide_mcp_approval(args[0])
+            return
         if event != "_audio":
             self.emit(event, *args)
             return
@@ -731,6 +768,24 @@ class Conversation(EventEmitter):
             self.emit("audio", pcm, audio_event.event_id)
         if audio_event.alignment is not None:
             self.emit("audio_alignment", audio_event.alignment, audio_event.event_id)
+
+    def _decide_mcp_approval(self, call: McpToolCallEvent) -> None:
+        """Events thread: ask ``on_mcp_tool_approval_request`` and answer the server. A
+        callback that raises refuses the call (and is reported as ``error``)."""
+        decide = self.on_mcp_tool_approval_request
+        assert decide is not None
+        try:
+            approved = bool(decide(call))
+        except Exception as exc:
+            approved = False
+            self._handler_failed("mcp_tool_call", decide, exc)
+        if self._state == "active":
+            message = self._protocol.mcp_tool_approval_result(call.tool_call_id, approved)
+            self._enqueue(encode_message(message))
+
+    def _post_if_listened(self, event: str, *args: Any) -> None:
+        if self._has_listeners(event):
+            self._post(event, *args)
 
     def _events_loop(self) -> None:
         q = self._events_q
@@ -1066,6 +1121,7 @@ class Conversation(EventEmitter):
                     events = self._protocol.receive_bytes(bytes(frame))
                 else:
                     events = self._protocol.receive_text(frame)
+                change = self._protocol.take_feedback_change()
         except RemoteProtocolError as exc:
             self.stats["bad_messages"] += 1
             self._log.debug("ignored a bad server message: %s", exc)
@@ -1075,6 +1131,8 @@ class Conversation(EventEmitter):
             self._post("message", dict(events[0].raw))  # once per frame
         for event in events:
             self._route(event)
+        if change is not None:
+            self._post_if_listened("can_send_feedback_change", change)
 
     def _route(self, event: ServerEvent) -> None:
         """Reader thread: act on one event, then post its user-facing events.
@@ -1110,6 +1168,12 @@ class Conversation(EventEmitter):
                 self._post(name, *args)
         if isinstance(event, ClientToolCallEvent):
             self._run_tool(event)
+        elif (
+            isinstance(event, McpToolCallEvent)
+            and event.awaiting_approval
+            and self.on_mcp_tool_approval_request is not None
+        ):
+            self._post("_mcp_approval", event)
         elif isinstance(event, ConversationInitiationMetadataEvent):
             self._start_done.set()
 
