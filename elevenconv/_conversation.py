@@ -478,13 +478,19 @@ class Conversation(EventEmitter):
             if self._state in ("starting", "active"):
                 self._state = "closing"
             self._initiator = self._initiator or "error"
-            self._cancelled = self._cancelled or self._initiator == "user"
+            user = self._cancelled
+            self._cancelled = True  # a reader still connecting gives up when it can
         self._discard = True
         self._outbox.close()
         self._abort_socket()
         self._wake_keepalive.set()
-        # A reader still in the TCP connect cannot be woken: it exits when that times out.
-        self._join(_Deadline(CANCEL_WAIT_S if self._cancelled else 1.0))
+        if self._join(_Deadline(CANCEL_WAIT_S if user else 1.0)):
+            return
+        # The reader is in a TCP connect (or TLS handshake), which nothing can interrupt:
+        # stop the others now; the reader closes its socket and exits when the connect
+        # returns or times out (start_timeout).
+        self._log.debug("start abandoned while connecting; the reader exits after connect()")
+        self._events_q.put(_STOP)
 
     def end_session(self) -> None:
         """End the conversation; return at once (within ~50 ms).
@@ -1004,7 +1010,7 @@ class Conversation(EventEmitter):
         progress: tuple[float | None, int | None] = (None, None)  # (send, unsent bytes seen)
         progress_at = 0.0
         wake = self._wake_keepalive
-        while self._state != "ended":
+        while self._state != "ended" and not (self._cancelled and not self._connected):
             now = time.monotonic()
             deadlines: list[float] = []
             sock = self._sock
