@@ -862,6 +862,9 @@ class Conversation(EventEmitter):
             sock.send(encode_message(message))
         except Exception as exc:
             raise ConnectionFailedError(f"could not send the initiation message: {exc}") from None
+        unsent = getattr(sock, "unsent", None)
+        if unsent is not None:
+            self._outbox.unsent = unsent  # the kernel's backlog holds the microphone back
         self._last_rx = time.monotonic()
         self._connected = True
         self._wake_keepalive.set()
