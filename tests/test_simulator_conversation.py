@@ -114,7 +114,9 @@ def test_barge_in_end_to_end_on_the_sound_server(sound_server: Any, contract: An
 
     long_reply = "This is a long answer. " * 12
     with AgentSimulator(audio_realtime_factor=1.0, ping_interval=None, tts="tone") as sim:
-        sim.add_agent("talker", first_message=long_reply)
+        # Its answer to the user's words is held back: under load a late interruption could
+        # otherwise let the reply's audio fall into the window that must be silent.
+        sim.add_agent("talker", first_message=long_reply, faults={"response_delay": 60.0})
         conv = Conversation(
             ElevenLabsClient(base_url=sim.base_url),
             "talker",
@@ -160,3 +162,182 @@ def test_barge_in_end_to_end_on_the_sound_server(sound_server: Any, contract: An
     assert rms(after) < 50
     assert any(r.interrupted for r in sim.sessions[0].responses)
     check_transcript(sim, contract)
+
+
+class Recorder:
+    """Listens to the given Conversation events; waits on a Condition (no sleeps)."""
+
+    def __init__(self, conv: Conversation, names: list[str]) -> None:
+        import threading
+
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self._cond = threading.Condition()
+        for name in names:
+            conv.add_listener(name, self._make(name))
+
+    def _make(self, name: str) -> Any:
+        def record(*args: Any) -> None:
+            with self._cond:
+                self.calls.append((name, args))
+                self._cond.notify_all()
+
+        return record
+
+    def of(self, name: str) -> list[tuple[Any, ...]]:
+        with self._cond:
+            return [args for n, args in self.calls if n == name]
+
+    def wait_for(self, name: str, count: int = 1, timeout: float = 10.0) -> list[tuple[Any, ...]]:
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: sum(1 for n, _ in self.calls if n == name) >= count, scaled(timeout)
+            )
+            found = [args for n, args in self.calls if n == name]
+        assert ok, f"{name}: {len(found)} of {count} within {timeout} s; got {self.calls[-10:]}"
+        return found
+
+
+TYPED_EVENTS = [
+    "conversation_metadata",
+    "agent_response",
+    "agent_response_attachments",
+    "agent_reasoning_response_part",
+    "agent_tool_request",
+    "agent_tool_response",
+    "mcp_tool_call",
+    "mcp_connection_status",
+    "guardrail_triggered",
+    "context_usage",
+    "rich_content",
+    "agent_typing",
+    "external_agent_connected",
+    "external_agent_disconnected",
+    "asr_initiation_metadata",
+    "internal_turn_probability",
+    "internal_tentative_agent_response",
+    "can_send_feedback_change",
+    "error",
+]
+
+
+def test_typed_events_of_the_default_agents_rules(contract: Any) -> None:
+    from elevenconv import protocol as p
+    from elevenconv.testing._contract import _CLIENT_EVENTS
+
+    approvals: list[p.McpToolCallEvent] = []
+
+    def approve(call: p.McpToolCallEvent) -> bool:
+        approvals.append(call)
+        return True
+
+    with AgentSimulator(ping_interval=None, audio_realtime_factor=None, tts="tone") as sim:
+        sim.add_agent("all", client_events=_CLIENT_EVENTS)
+        conv = Conversation(
+            ElevenLabsClient(base_url=sim.base_url),
+            "all",
+            requires_auth=False,
+            text_only=True,
+            on_mcp_tool_approval_request=approve,
+        )
+        events = Recorder(conv, TYPED_EVENTS)
+        conv.start_session()
+        (meta,) = events.wait_for("conversation_metadata")[0]
+        assert isinstance(meta, p.ConversationInitiationMetadataEvent)
+        assert meta.conversation_id == conv.get_conversation_id()
+        (integrations,) = events.wait_for("mcp_connection_status")[0]
+        assert all(isinstance(i, p.McpIntegrationStatus) for i in integrations)
+        events.wait_for("agent_response")
+        assert events.wait_for("can_send_feedback_change")[0] == (True,)
+        assert conv.send_feedback(True)
+        assert events.wait_for("can_send_feedback_change", 2)[1] == (False,)
+
+        conv.send_user_message("trigger the guardrail")
+        assert events.wait_for("guardrail_triggered")[0] == ()
+        conv.send_user_message("can I get a refund?")
+        states = [
+            a[0].state
+            for a in events.wait_for("mcp_tool_call", 3)  # awaiting, loading, success
+        ]
+        assert states == ["awaiting_approval", "loading", "success"]
+        assert [c.tool_call_id for c in approvals] == [
+            events.of("mcp_tool_call")[0][0].tool_call_id
+        ]
+        (request,) = events.wait_for("agent_tool_request")[0]
+        assert isinstance(request, p.AgentToolRequestEvent) and request.tool_type == "mcp"
+        (response,) = events.wait_for("agent_tool_response")[0]
+        assert isinstance(response, p.AgentToolResponseEvent) and not response.is_error
+        conv.send_user_message("how many tokens?")
+        (usage,) = events.wait_for("context_usage")[0]
+        assert isinstance(usage, p.ContextUsageEvent) and usage.context_tokens > 0
+        conv.send_user_message("show me the options")
+        (rich,) = events.wait_for("rich_content")[0]
+        assert isinstance(rich, p.RichContentEvent)
+        conv.send_user_message("Billing", rich_content_id=rich.rich_content_id)
+        conv.send_user_message("attach the document")
+        attachments, event_id = events.wait_for("agent_response_attachments")[0]
+        assert attachments[0].name == "report.pdf" and isinstance(event_id, int)
+        conv.send_user_message("get me a human")
+        events.wait_for("external_agent_disconnected")
+        assert events.of("external_agent_connected") == [()]
+        assert [a[0] for a in events.of("agent_typing")] == [True, False]
+        conv.send_user_message("think first")
+        parts = events.wait_for("agent_reasoning_response_part", 3)
+        assert [a[1] for a in parts] == ["start", "delta", "stop"]
+        assert events.of("internal_tentative_agent_response")
+        conv.send_contextual_update("cart: 2 items", context_id="cart")
+        conv.send_multimodal_message("what is this?", file_ids=["f1", "f2"])
+        conv.send_user_message("bye")
+        conv.wait_for_session_end(timeout=scaled(15))
+        session = sim.wait_for_session_end(timeout=scaled(5))
+    replies = [r.text for r in session.responses]
+    assert "You chose Billing." in replies
+    assert session.mcp_approvals[0]["is_approved"] is True
+    assert session.multimodal_messages[0]["files"][1]["file_id"] == "f2"
+    assert check_transcript(sim, contract) > 30
+    assert events.of("error") == []
+
+
+def test_every_server_message_reaches_its_named_event(contract: Any) -> None:
+    """A script emits one message of every server type; each reaches the Conversation event
+    its class names (``EVENT``), with the arguments of ``event_args()``."""
+    from elevenconv import protocol as p
+    from elevenconv.testing import Step
+    from elevenconv.testing._contract import _CLIENT_EVENTS, SERVER_MESSAGE_EXAMPLES
+
+    skip = {"conversation_initiation_metadata", "error", "client_error", "audio", "ping"}
+    types = sorted(set(SERVER_MESSAGE_EXAMPLES) - skip)
+    script = [Step.emit(t) for t in types]
+    script += [Step.wait_for("user_message", timeout=20)]  # (a tool result comes first)
+    expected: dict[str, type] = {}
+    for t in types:
+        (event,) = p.ConversationProtocol().receive_text(
+            __import__("json").dumps(SERVER_MESSAGE_EXAMPLES[t])
+        )
+        expected[t] = type(event)
+    names = sorted({cls.EVENT for cls in expected.values() if cls.EVENT} | {"message"})
+    with AgentSimulator(script=script, ping_interval=None, audio_realtime_factor=None) as sim:
+        sim.add_agent("all", client_events=_CLIENT_EVENTS)
+        conv = Conversation(
+            ElevenLabsClient(base_url=sim.base_url), "all", requires_auth=False, text_only=True
+        )
+        events = Recorder(conv, names)
+        conv.start_session()
+        raw = events.wait_for("message", len(types) + 1)  # + the metadata
+        assert [m[0]["type"] for m in raw[-len(types) :]] == types
+        for t in types:
+            name = expected[t].EVENT
+            assert name is not None, t
+            assert events.of(name), f"{t}: no {name!r} event"
+        # Typed arguments, not dicts: a few spot checks of each shape.
+        assert isinstance(events.of("mcp_tool_call")[0][0], p.McpToolCallEvent)
+        assert isinstance(events.of("context_usage")[0][0], p.ContextUsageEvent)
+        assert isinstance(events.of("rich_content")[0][0], p.RichContentEvent)
+        assert isinstance(events.of("agent_tool_request")[0][0], p.AgentToolRequestEvent)
+        assert len(events.of("agent_tool_response")) == 2  # plain and full payload
+        assert events.of("guardrail_triggered") == [()]
+        assert events.of("agent_typing")[0] == (True, 1500)
+        conv.send_user_message("done")
+        sim.wait_for_client_message("user_message")
+        conv.end_session()
+        conv.wait_for_session_end(timeout=scaled(10))
+    assert check_transcript(sim, contract) > len(types)
