@@ -171,3 +171,37 @@ def test_full_session_through_signed_url(loopback_server: Any) -> None:
         assert conv.get_conversation_id() == "conv_signed"
         assert events.wait_for("agent_response", timeout=scaled(5))[0] == ("welcome",)
     assert events.of("session_ended")[0][1] == 1000
+
+
+def test_websocket_client_trace_never_prints_the_signature(loopback_server: Any) -> None:
+    # websocket.enableTrace(True) dumps the handshake (the signed URL's query included)
+    # and every frame to its own "websocket" logger; the filter elevenconv installs on it
+    # redacts secrets before any handler sees them.
+    import io
+
+    import websocket
+
+    port: dict[str, int] = {}
+
+    def agent(peer: AgentPeer) -> None:
+        peer.handshake("conv_trace")
+        peer.wait_closed()
+
+    server = loopback_server(agent, process_request=private_agent_gate(port))
+    port["port"] = server.port
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    websocket.enableTrace(True, handler=handler)
+    try:
+        conv = Conversation(
+            ElevenLabsClient(API_KEY, base_url=server.base_url), "private-agent", requires_auth=True
+        )
+        conv.start_session()
+        conv.end_session()
+        conv.wait_for_session_end(scaled(5))
+    finally:
+        websocket.enableTrace(False)
+    trace = out.getvalue()
+    assert "GET /v1/convai/conversation" in trace  # the trace really printed the handshake
+    assert SIGNATURE not in trace and API_KEY not in trace
+    assert "conversation_signature=***" in trace
