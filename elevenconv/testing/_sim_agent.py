@@ -555,12 +555,16 @@ class AgentWorker:
 
     def _on_speech_start(self) -> None:
         session = self.session
+        # The user's turn gets a new, higher event id; the interruption carries it, so every
+        # audio chunk of the interrupted response (a lower id) is stale for both official
+        # clients' rules (the browser drops ids below it, the Python SDK ids up to it).
+        turn_id = session.next_event_id()
         session.send(
             {
                 "type": "tentative_user_transcript",
                 "tentative_user_transcription_event": {
                     "user_transcript": "...",
-                    "event_id": session.next_event_id(),
+                    "event_id": turn_id,
                 },
             }
         )
@@ -572,8 +576,8 @@ class AgentWorker:
         self._queued.clear()
         record = utterance.record
         record.interrupted = True
-        session.interruptions.append(record.event_id)
-        session.send({"type": "interruption", "interruption_event": {"event_id": record.event_id}})
+        session.interruptions.append(turn_id)
+        session.send({"type": "interruption", "interruption_event": {"event_id": turn_id}})
         words = record.text.split()
         kept = math.floor(len(words) * record.chunks_sent / max(1, record.chunks_total))
         record.truncated_text = " ".join(words[:kept]) + "..." if kept < len(words) else record.text

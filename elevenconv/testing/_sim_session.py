@@ -353,7 +353,9 @@ class SimSession:
 
     Activity: ``feedback``, ``contextual_updates`` (texts), ``user_activity_count``,
     ``multimodal_messages``, ``tool_results``, ``mcp_approvals``, ``user_texts``, ``responses``
-    (:class:`ResponseRecord`), ``interruptions`` (event ids), ``pong_delays`` (seconds),
+    (:class:`ResponseRecord`), ``interruptions`` (the event ids of the ``interruption``
+    messages: the user's turn, higher than the interrupted response's; see
+    ``ResponseRecord.interrupted``), ``pong_delays`` (seconds),
     ``metadata_sent``, ``client_events`` (what this conversation sends, after any override)
     and ``suppressed`` (types not sent because ``client_events`` leave them out).
 

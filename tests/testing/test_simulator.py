@@ -470,7 +470,10 @@ def test_vad_barge_in_interrupts_and_corrects(connect: Callable[..., Client]) ->
             client.expect("vad_score", skip=("audio",))
         assert "tentative_user_transcript" in [m["type"] for m in got]
         interruption = next(m for m in got if m["type"] == "interruption")
-        assert interruption["interruption_event"]["event_id"] == first_id
+        # The user's turn: a higher id than the interrupted response's, so that its audio
+        # is stale for both official clients (browser: id < it; Python SDK: id <= it).
+        interrupt_id = interruption["interruption_event"]["event_id"]
+        assert interrupt_id > first_id
         correction = got[-1]["agent_response_correction_event"]
         assert correction["original_agent_response"] == DEFAULT_FIRST_MESSAGE
         assert correction["corrected_agent_response"].endswith("...")
@@ -489,7 +492,10 @@ def test_vad_barge_in_interrupts_and_corrects(connect: Callable[..., Client]) ->
             if m["type"] == "audio"
         )
         session = sim.wait_for_session()
-        assert session.interruptions == [first_id]
+        assert session.interruptions == [interrupt_id]
+        # The correction names the response it corrects; the reply comes after the turn.
+        assert got[-1]["agent_response_correction_event"]["event_id"] == first_id
+        assert after[-1]["agent_response_event"]["event_id"] > interrupt_id
         assert session.responses[0].interrupted
         scores = [
             m["vad_score_event"]["vad_score"] for m in client.received if m["type"] == "vad_score"
