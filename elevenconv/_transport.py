@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import re
 import socket
 import ssl
@@ -29,6 +30,7 @@ import struct
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 import websocket
 
@@ -182,6 +184,14 @@ class WebSocketClientSocket:
     def __init__(self, ws: Any) -> None:
         self._ws = ws
         self._unsent_op: int | None = _SIOCOUTQNSD
+        self._raw: socket.socket | None = None  # the connection being opened
+        self._aborted = False
+
+    def _set_raw(self, sock: socket.socket) -> None:
+        if self._aborted:  # abort() came first: open nothing more
+            sock.close()
+            raise ConnectionAbortedError("the connection was aborted while opening")
+        self._raw = sock
 
     def send(self, data: str) -> None:
         self._ws.send(data)
@@ -261,8 +271,10 @@ class WebSocketClientSocket:
             log.debug("close frame not sent: socket already closed")
 
     def abort(self) -> None:
-        """Shut the TCP socket down at once; wakes a reader blocked in ``recv()``."""
-        sock = getattr(self._ws, "sock", None)
+        """Shut the TCP socket down at once; wakes a reader blocked in ``recv()``, or a
+        connection being opened (TCP connect, TLS or WebSocket handshake)."""
+        self._aborted = True
+        sock = getattr(self._ws, "sock", None) or self._raw
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -321,6 +333,9 @@ def create_websocket(
         on_socket(wrapped)
     ws.settimeout(connect_timeout)
     try:
+        stream = _open_stream(url, sslopt, options, connect_timeout, wrapped._set_raw)
+        if stream is not None:
+            options["socket"] = stream
         ws.connect(url, header=[f"{k}: {v}" for k, v in headers.items()], **options)  # type: ignore[no-untyped-call]
     except websocket.WebSocketBadStatusException as exc:
         status = getattr(exc, "status_code", None)
@@ -333,7 +348,7 @@ def create_websocket(
         raise ConnectionFailedError(
             f"WebSocket handshake refused (HTTP {status}) at {safe_url}", status
         ) from None
-    except (OSError, websocket.WebSocketException) as exc:
+    except (OSError, websocket.WebSocketException, ValueError) as exc:
         raise ConnectionFailedError(
             f"could not connect to {safe_url}: {type(exc).__name__}: {redact_url(str(exc))}"
         ) from None
@@ -341,3 +356,59 @@ def create_websocket(
     # or close, and shutdown() is what wakes it.
     ws.settimeout(None)
     return wrapped
+
+
+_PROXY_OPTIONS = ("http_proxy_host", "proxy_type", "http_proxy_port")
+_PROXY_ENV = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+
+
+def _open_stream(
+    url: str,
+    sslopt: Mapping[str, Any],
+    options: Mapping[str, Any],
+    timeout: float,
+    register: Callable[[socket.socket], None],
+) -> socket.socket | None:
+    """The TCP connection (and TLS) for websocket-client, opened here so that another
+    thread can interrupt it: ``register(sock)`` is called before each blocking step, and
+    ``shutdown()`` on that socket wakes a ``connect()`` in SYN_SENT or a TLS handshake.
+
+    Returns ``None`` where websocket-client must open the connection itself: a proxy
+    (options or environment), or TLS options other than a ready ``context`` (its own
+    ``sslopt`` handling applies then, and only the WebSocket handshake is abortable).
+    Default TLS is ``ssl.create_default_context()``: certificates and host name checked,
+    as websocket-client does by default.
+    """
+    parts = urlsplit(url)
+    secure = parts.scheme == "wss"
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        return None
+    if any(options.get(k) for k in _PROXY_OPTIONS) or any(os.environ.get(k) for k in _PROXY_ENV):
+        return None
+    if set(sslopt) - {"context"}:
+        return None
+    host, port = parts.hostname, parts.port or (443 if secure else 80)
+    error: OSError | None = None
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        register(sock)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as websocket-client
+        if not secure:
+            return sock
+        context = sslopt.get("context") or ssl.create_default_context()
+        tls = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+        register(tls)
+        try:
+            tls.do_handshake()
+        except OSError:
+            tls.close()
+            raise
+        return tls
+    raise error or OSError(f"no address for {host}")

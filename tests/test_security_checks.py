@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import websocket
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection, serve
 
@@ -244,24 +243,25 @@ def test_api_key_and_signatures_never_leak(contract: Any) -> None:
 def test_default_transport_asks_for_certificate_verification(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    seen: list[dict[str, Any]] = []
+    contexts: list[ssl.SSLContext] = []
+    real = ssl.create_default_context
 
-    def fake_connect(self: websocket.WebSocket, url: str, **kwargs: Any) -> Any:
-        seen.append({"url": url, "sslopt": self.sock_opt.sslopt, **kwargs})
-        raise OSError("stop here")
+    def spy(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        context = real(*args, **kwargs)
+        contexts.append(context)
+        raise OSError("stop here")  # the TLS handshake is not the point
 
-    monkeypatch.setattr(websocket.WebSocket, "connect", fake_connect)
-    conv = Conversation(
-        ElevenLabsClient(base_url="https://api.example.invalid"), "a", requires_auth=False
-    )
-    with caplog.at_level(logging.WARNING), pytest.raises(ConnectionFailedError):
-        conv.start_session()
-    (call,) = seen
-    assert call["url"].startswith("wss://")
-    sslopt = call.get("sslopt") or {}
-    assert sslopt.get("cert_reqs", ssl.CERT_REQUIRED) == ssl.CERT_REQUIRED
-    assert sslopt.get("check_hostname", True) is True
-    assert "context" not in sslopt
+    monkeypatch.setattr(ssl, "create_default_context", spy)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        conv = Conversation(
+            ElevenLabsClient(base_url=f"https://127.0.0.1:{port}"), "a", requires_auth=False
+        )
+        with caplog.at_level(logging.WARNING), pytest.raises(ConnectionFailedError):
+            conv.start_session()
+    (context,) = contexts
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname is True
     assert "DISABLED" not in caplog.text
 
 
@@ -429,6 +429,8 @@ def test_events_flood_drops_new_events_and_the_reader_keeps_answering(
         with caplog.at_level(logging.ERROR, logger="elevenconv"):
             fake.push(agent_response("first", 1))
             assert stuck.wait(scaled(5))
+            with events._cond:
+                before = len(events.calls)  # delivered before the handler got stuck
             for i in range(flood):
                 fake.push(agent_response(f"flood {i}", i + 2))
             fake.push(ping(424242))  # the reader still answers, at once
@@ -441,10 +443,9 @@ def test_events_flood_drops_new_events_and_the_reader_keeps_answering(
         queued = conv._events_q.qsize()  # the reader is idle: nothing more comes in
     finally:
         gate.set()
-    # Let the events thread work through what was kept (5 events were delivered before
-    # the handler got stuck), so that the marker below finds room.
+    # Let the events thread work through what was kept, so that the marker finds room.
     with events._cond:
-        assert events._cond.wait_for(lambda: len(events.calls) == 5 + queued, scaled(10))
+        assert events._cond.wait_for(lambda: len(events.calls) == before + queued, scaled(10))
     marker = threading.Event()
     conv.on("agent_response", lambda text: marker.set() if text == "marker" else None)
     fake.push(agent_response("marker", flood + 10))
@@ -452,10 +453,11 @@ def test_events_flood_drops_new_events_and_the_reader_keeps_answering(
     assert conv.is_session_active()
     conv.end_session()
     # Every event posted was either delivered or counted as dropped, none lost unseen:
-    # metadata (message, session_started, conversation_started), 2 per agent_response
-    # (message + agent_response), 1 for the ping (message).
+    # metadata (message, conversation_metadata, session_started, conversation_started),
+    # 2 per agent_response (message + agent_response), 1 for the ping (message), and one
+    # can_send_feedback_change (the first response made feedback possible).
     delivered = len([n for n, _ in events.calls if n != "session_ended"])
-    posted = 3 + 2 * (flood + 2) + 1
+    posted = 4 + 2 * (flood + 2) + 1 + 1
     assert delivered + conv.stats["dropped_events"] == posted
 
 
