@@ -615,31 +615,6 @@ class ClientTools:
         scope: ToolScope | None,
     ) -> Future[Any]:
         call = _Call(tool_name, tool_call_id, on_done, scope)
-        with self._lock:
-            # The scope check is under this lock, so a call cannot create a pool after the
-            # scope's close() has shut the last one down (that pool would leak its threads).
-            if scope is not None and not scope._add(call):
-                refused: Future[Any] = Future()
-                refused.cancel()
-                log.debug("client tool %r not run: its conversation has ended", tool_name)
-                return refused
-            overloaded = self._pending >= self.max_pending
-            if not overloaded:
-                self._pending += 1
-                self._calls.add(call)
-                if self._pool is None:
-                    self._pool = _Pool(_DaemonThreadExecutor(self.max_workers, "elevenconv-tool"))
-                pool = self._pool
-                if self.timeout is not None and pool.watchdog is None:
-                    pool.watchdog = _Watchdog()
-        if overloaded:
-            exc = ToolError(
-                f"too many client tool calls at once (max_pending={self.max_pending}); "
-                f"{tool_name!r} was not run",
-                tool_name,
-                tool_call_id,
-            )
-            return self._refuse(call, exc)
 
         def run() -> Any:
             # Runs on a worker: the answer is given from here, so callbacks always run on
@@ -656,21 +631,49 @@ class ClientTools:
             self._answer(call, *self._encode_result(tool_name, result))
             return result
 
-        try:
-            future = pool.executor.submit(run)
-        except RuntimeError as exc:  # the pool was shut down meanwhile, or interpreter exit
-            error = ToolError(f"client tool {tool_name!r} could not be started: {exc}", tool_name)
-            self._retire(call, cancelled=False)
-            return self._refuse(call, error, counted=False)
-        call.future = future
+        future: Future[Any] | None = None
+        start_error: RuntimeError | None = None
+        with self._lock:
+            # Checked and submitted under this lock, so a call can neither create a pool
+            # after its scope's close() shut the last one down (its threads would leak)
+            # nor be submitted to a pool that a close() is shutting down.
+            if scope is not None and not scope._add(call):
+                refused: Future[Any] = Future()
+                refused.cancel()
+                log.debug("client tool %r not run: its conversation has ended", tool_name)
+                return refused
+            overloaded = self._pending >= self.max_pending
+            if not overloaded:
+                if self._pool is None:
+                    self._pool = _Pool(_DaemonThreadExecutor(self.max_workers, "elevenconv-tool"))
+                pool = self._pool
+                try:
+                    if self.timeout is not None and pool.watchdog is None:
+                        pool.watchdog = _Watchdog()
+                    future = call.future = pool.executor.submit(run)
+                except RuntimeError as exc:  # at interpreter exit: no new threads
+                    start_error = exc
+                else:
+                    self._pending += 1
+                    self._calls.add(call)
+        if overloaded or future is None:
+            refusal = ToolError(
+                f"too many client tool calls at once (max_pending={self.max_pending}); "
+                f"{tool_name!r} was not run"
+                if overloaded
+                else f"client tool {tool_name!r} could not be started: {start_error}",
+                tool_name,
+                tool_call_id,
+            )
+            return self._refuse(call, refusal)
         # Only for calls cancelled before they ran (close(), a timeout, ClientTools.close()).
         future.add_done_callback(lambda f: self._on_cancelled(call) if f.cancelled() else None)
         if pool.watchdog is not None and self.timeout is not None:
             pool.watchdog.schedule(self.timeout, lambda: self._expire(call))
         return future
 
-    def _refuse(self, call: _Call, exc: ToolError, counted: bool = True) -> Future[Any]:
-        if call.scope is not None and counted:
+    def _refuse(self, call: _Call, exc: ToolError) -> Future[Any]:
+        if call.scope is not None:
             call.scope._remove(call, cancelled=False)
         failed: Future[Any] = Future()
         failed.set_exception(exc)

@@ -429,15 +429,14 @@ def test_callback_runs_on_a_worker_thread_even_when_the_tool_is_fast(
 ) -> None:
     import elevenconv._tools as tools_module
 
-    class WorkerWinsTheRace(tools_module._DaemonThreadExecutor):
+    class WorkerWinsTheRace(Future[Any]):
         # Reproduces the scheduling where the worker finishes the tool before submit()'s
         # caller gets to register its done-callback (seen in this suite with fast tools).
-        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
-            future = super().submit(fn, *args, **kwargs)
-            future.exception(WAIT)
-            return future
+        def add_done_callback(self, fn: Any) -> None:
+            self.exception(WAIT)
+            super().add_done_callback(fn)
 
-    monkeypatch.setattr(tools_module, "_DaemonThreadExecutor", WorkerWinsTheRace)
+    monkeypatch.setattr(tools_module, "Future", WorkerWinsTheRace)
     ct = ClientTools()
     ct.register("fast", lambda p: "ok")
     try:
@@ -928,7 +927,8 @@ def test_a_tool_can_close_and_join_its_own_scope() -> None:
     assert not pool_threads()
 
 
-def test_close_racing_with_submissions_loses_nothing_and_leaks_nothing() -> None:
+@pytest.mark.parametrize("round_", range(10))
+def test_close_racing_with_submissions_loses_nothing_and_leaks_nothing(round_: int) -> None:
     ct = ClientTools(max_workers=2, max_pending=10_000)
     ran: list[str] = []
     ct.register("t", lambda p: ran.append(p["tool_call_id"]))
@@ -939,7 +939,7 @@ def test_close_racing_with_submissions_loses_nothing_and_leaks_nothing() -> None
     def submitter() -> None:
         for i in range(300):
             scope.submit("t", {"tool_call_id": str(i)}, str(i), answers)
-            if i == 50:
+            if i == 10 * round_:
                 submitted.set()
 
     thread = threading.Thread(target=submitter, name="test-submitter")
@@ -952,6 +952,7 @@ def test_close_racing_with_submissions_loses_nothing_and_leaks_nothing() -> None
     assert len(ran) + scope.cancelled == 300, "each call either ran or was counted as cancelled"
     assert answered <= len(ran)
     assert ct._pending == 0
+    assert ct._pool is None
     assert not pool_threads()
 
 
