@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import re
 import threading
 import time
 from collections import deque
@@ -52,6 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
+from elevenconv import _audioformat
 from elevenconv._audio import AudioInterface
 from elevenconv._audioformat import AgentAudioDecoder, AudioFormat, UserAudioEncoder, scale_pcm16
 from elevenconv.errors import AudioError, ConfigurationError, ElevenConvError, RemoteProtocolError
@@ -91,10 +91,6 @@ AGENT_END_DRAIN_S: Final = 5.0
 RESAMPLER_TAIL_FLUSH_S: Final = 0.15
 
 _DEVICE_BYTES_PER_S: Final = 16000 * 2
-#: Sample rates accepted for ``pcm_<rate>`` formats.
-_MIN_RATE: Final = 8000
-_MAX_RATE: Final = 192000
-_PCM_FORMAT: Final = re.compile(r"pcm_([0-9]{4,6})")
 _AUDIO_EXTRA_HINT: Final = 'pip install "elevenconv[audio]"'
 
 _WAKE: Final = object()  # audio_q: look at the flags (interrupt requested, stop now)
@@ -129,21 +125,19 @@ class VoiceHooks(Protocol):
 
 
 def check_audio_format(name: str) -> AudioFormat:
-    """The :class:`AudioFormat` for a server audio format name, or ConfigurationError.
+    """The :class:`AudioFormat` for a format the server announced, or ConfigurationError.
 
     ``ulaw_8000`` and ``pcm_<rate>`` for any rate from 8 to 192 kHz are supported
-    (resampled to and from the device's 16 kHz). Pure; any thread.
+    (resampled to and from the device's 16 kHz); the rule lives in
+    :func:`elevenconv._audioformat.check_audio_format`. Pure; any thread.
     """
-    if name == "ulaw_8000":
-        return AudioFormat(encoding="ulaw", sample_rate=8000, name=name)
-    match = _PCM_FORMAT.fullmatch(name) if isinstance(name, str) else None
-    if match is not None and _MIN_RATE <= int(match.group(1)) <= _MAX_RATE:
-        return AudioFormat(encoding="pcm", sample_rate=int(match.group(1)), name=name)
-    raise ConfigurationError(
-        f"the server announced the audio format {name!r}, which elevenconv cannot play or "
-        f"record (supported: pcm_<rate> from {_MIN_RATE} to {_MAX_RATE} Hz, ulaw_8000); "
-        "change the agent's audio format, or use text_only=True"
-    )
+    try:
+        return _audioformat.check_audio_format(name)
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"the server announced an audio format elevenconv cannot play or record: {exc}; "
+            "change the agent's audio format, or use text_only=True"
+        ) from None
 
 
 def has_acoustic_echo(iface: AudioInterface) -> bool:

@@ -368,7 +368,8 @@ def test_mic_tone_reaches_the_server_in_the_announced_format(
 
     received = mic.samples()
     found = spans(received, gap_s=0.05 * mic.rate / RATE)
-    assert len(found) == 1, f"the tone arrived in pieces: {found}"
+    # (A gap with no drop counted is the test's pacat under load, not the library.)
+    assert len(found) == 1, f"the tone arrived in pieces: {found}; stats {v.conv.stats}"
     first, last = found[0]
     tone_s = (last - first) / mic.rate
     freq = dominant_frequency(received[first:last], rate=mic.rate)
@@ -563,13 +564,16 @@ def test_echo_guard_sends_silence_while_the_agent_speaks_and_its_tail(
         v.timeline.wait_for("mode_change", 2)
         (_, t_speaking), (_, t_listening) = v.timeline.of("mode_change")
         t_guard_end = t_listening + tail_s
-        mic.wait_loud(0.5, after=t_guard_end + 0.05)  # ... and again after the tail
+        mic.wait_loud(0.7, after=t_guard_end + 0.05)  # ... and again after the tail
     chunks = mic.snapshot()
     # The guard is decided when a chunk is sent, which is just before the server gets
     # it; mode_change runs just after the device reported the change. 50 ms of margin
     # at the end covers the events thread's lag.
     guarded = [s for t, _, s in chunks if t_speaking + 0.01 <= t <= t_guard_end - 0.05]
-    after = [s for t, _, s in chunks if t_guard_end + 0.05 < t <= t_guard_end + 0.6]
+    # The guard is decided per 250 ms chunk when it is captured, and the chunk reaches the
+    # server in 100 ms pieces: a chunk silenced just before the tail ended may arrive up
+    # to one chunk later, so "after" starts one chunk (+ margin) past the tail.
+    after = [s for t, _, s in chunks if t_guard_end + 0.3 < t <= t_guard_end + 0.9]
     before = [s for t, _, s in chunks if t < t_speaking]
     print(
         f"\n[echo guard] agent spoke {t_listening - t_speaking:.2f} s + {tail_s} s tail: "
