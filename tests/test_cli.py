@@ -571,6 +571,7 @@ def test_voice_chat_with_barge_in_on_the_sound_server(sound_server: Any, tmp_pat
     """Auto-detected voice: the agent speaks through PulseAudio, /speak interrupts it."""
     script = tmp_path / "turns.txt"
     script.write_text(
+        "/status\n"
         "/send tell me a story about the sea\n"
         "/wait-speaking\n"
         "/speak wait, stop please\n"
@@ -584,6 +585,7 @@ def test_voice_chat_with_barge_in_on_the_sound_server(sound_server: Any, tmp_pat
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "[connected: voice + text" in done.stdout
+    assert re.search(r"\[conversation \w+\] \[.*, echo cancellation on\b", done.stdout)
     assert "[you interrupted the agent]" in done.stdout
     assert "[agent interrupted after]" in done.stdout
     assert "[the agent ended the call" in done.stdout
