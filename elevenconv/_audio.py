@@ -63,6 +63,11 @@ class AudioInterface(ABC):
     def interrupt(self) -> None:
         """Drop all queued audio and silence the speaker as soon as possible."""
 
+    #: Whether what this interface plays can come back into its microphone (speakers in
+    #: a room). ``None`` (unknown) counts as ``True``; file and loopback interfaces say
+    #: ``False``, so ``echo_cancellation=None`` does not turn the canceller on for them.
+    acoustic_echo: bool | None = None
+
     # -- optional capabilities ---------------------------------------------------------
 
     def set_playback_callback(self, callback: PlaybackCallback | None) -> bool:
