@@ -15,7 +15,7 @@ from elevenconv.errors import AuthenticationError, ConfigurationError, Connectio
 
 __all__ = ["DEFAULT_BASE_URL", "ElevenLabsClient", "add_source_params"]
 
-log = logging.getLogger("elevenconv")
+log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.elevenlabs.io"
 CONVERSATION_PATH = "/v1/convai/conversation"
@@ -35,8 +35,9 @@ class ElevenLabsClient:
     """A minimal ElevenLabs API client: what a conversation needs, no more.
 
     ``api_key`` defaults to the ``ELEVENLABS_API_KEY`` environment variable; it is only
-    required for private agents (:meth:`get_signed_url`). ``base_url`` selects the
-    region (``https://api.eu.residency.elevenlabs.io``) or a local
+    required for private agents (:meth:`get_signed_url`). ``base_url`` (default: the
+    ``ELEVENLABS_BASE_URL`` environment variable, else ``https://api.elevenlabs.io``)
+    selects the region (``https://api.eu.residency.elevenlabs.io``) or a local
     :class:`~elevenconv.testing.AgentSimulator` (``sim.base_url``). ``verify=False``
     disables TLS certificate checks of the signed-URL request only (logged as a warning;
     never in production); the WebSocket's TLS is set with
@@ -48,13 +49,16 @@ class ElevenLabsClient:
         self,
         api_key: str | None = None,
         *,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str | None = None,
         timeout: float = 10.0,
         session: requests.Session | None = None,
         verify: bool = True,
     ) -> None:
         self._api_key = api_key if api_key is not None else os.environ.get("ELEVENLABS_API_KEY")
-        self.base_url = base_url.rstrip("/")
+        if base_url is None:
+            base_url = os.environ.get("ELEVENLABS_BASE_URL") or DEFAULT_BASE_URL
+        base = base_url
+        self.base_url = base.rstrip("/")
         self.timeout = timeout
         self._session = session
         self.verify = verify

@@ -421,3 +421,11 @@ def test_a_custom_session_is_used(api: FakeApi) -> None:
         client = ElevenLabsClient(api_key=API_KEY, base_url=api.base_url, session=session)
         assert client.get_signed_url("ag") == SIGNED
     assert api.next_request().headers["x-test"] == "from-session"
+
+
+def test_base_url_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ELEVENLABS_BASE_URL", "http://127.0.0.1:9/")
+    assert ElevenLabsClient().base_url == "http://127.0.0.1:9"
+    assert ElevenLabsClient(base_url="https://x.test").base_url == "https://x.test"
+    monkeypatch.delenv("ELEVENLABS_BASE_URL")
+    assert ElevenLabsClient().base_url == "https://api.elevenlabs.io"
