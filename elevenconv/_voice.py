@@ -25,8 +25,9 @@ it; the pipeline talks back only through :class:`VoiceHooks`. Both chains (one s
 Rules this module keeps (issue 8, point 5):
 
 * Only the ``elevenconv-audio`` thread calls ``output()``, ``interrupt()``,
-  ``wait_until_drained()`` and ``stop()`` (one exception: ``silence()`` calls
-  ``interrupt()`` itself while that thread waits in ``wait_until_drained()``). So no lock
+  ``wait_until_drained()`` and ``stop()`` (exceptions: ``silence()`` calls ``interrupt()``
+  itself while that thread waits in ``wait_until_drained()``, and ``start_device()`` calls
+  ``stop()`` when ``start()`` failed or ``stop()`` came meanwhile). So no lock
   is ever held across a device call, and the reader's :meth:`~VoicePipeline.feed` and
   :meth:`~VoicePipeline.on_interruption` only set flags and put on a queue: they never wait
   for the device.
