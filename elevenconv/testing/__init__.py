@@ -51,3 +51,8 @@ def __getattr__(name: str) -> Any:
 
         return getattr(_simulator, name)
     raise AttributeError(f"module 'elevenconv.testing' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The lazy names too: dir(), pdoc and IDE completion see the whole public API.
+    return sorted({*globals(), *__all__})
