@@ -24,7 +24,7 @@ Figures:
   from its onset (located in the raw capture by correlation, mapped to the clock by the
   capture times) until the VAD, fed the cancelled audio as the capture chain produces
   it, detects speech. Includes the device's 250 ms capture buffer.
-* **Added CPU**: process CPU over a 60 s voice session (device playing and recording,
+* **Added CPU**: process CPU over a 60 s voice conversation (device playing and recording,
   echo path on) with cancellation vs without, in alternating rounds; in % of one core.
   Also the canceller's own thread CPU per second of audio.
 """
@@ -274,6 +274,13 @@ def bench_replies(n: int, barge_every: int, latency_ms: int, gain_db: float) -> 
     raw_starts = [s for s in vad_starts(raw_pcm) if during_agent(s)]
     aec_starts_all = vad_starts(out_pcm)
     aec_starts = [s for s in aec_starts_all if during_agent(s)]
+    for s in aec_starts:
+        t = t0 + s
+        reply = next(i for i, (a, b) in enumerate(spans) if a <= t <= b + 0.3)
+        print(
+            f"  self-interruption with AEC: reply {reply}, {t - spans[reply][0]:.2f} s in",
+            flush=True,
+        )
     delays = []
     for onset in onsets:
         later = [s for s in aec_starts_all if t0 + s >= onset - 0.05]
@@ -404,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{'ok' if delays and worst_delay <= 1.0 else 'MISSED'} |"
     )
     print(
-        f"| CPU of a {cpu['seconds']:.0f} s voice session (% of one core) | "
+        f"| CPU of a {cpu['seconds']:.0f} s voice conversation, agent speaking "
+        f"{100 * cpu['agent_share']:.0f} % of it (% of one core) | "
         f"{cpu['cpu_without_pct']:.2f} % | {cpu['cpu_with_pct']:.2f} % "
         f"(added {cpu['added_pct']:.2f} %; canceller thread {cpu['canceller_thread_pct']:.2f} %)"
         f" | added <= 3 % | {'ok' if cpu['added_pct'] <= 3.0 else 'MISSED'} |"
