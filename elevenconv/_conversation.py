@@ -482,6 +482,8 @@ class Conversation(EventEmitter):
             self._cancelled = True  # a reader still connecting gives up when it can
         self._discard = True
         self._outbox.close()
+        if self._voice is not None:
+            self._voice.stop(drain=False)  # the voice threads exit now, whatever the reader does
         self._abort_socket()
         self._wake_keepalive.set()
         if self._join(_Deadline(CANCEL_WAIT_S if user else 1.0)):
