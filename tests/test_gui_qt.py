@@ -204,7 +204,7 @@ def test_voice_call_indicator_mute_and_volume_on_the_sound_server(
     # Muted, 2 s of "speech" reaches nobody; unmuted, 1 s is heard (and transcribed).
     qtbot.mouseClick(window.mute_box, Qt.MouseButton.LeftButton)
     assert window.mute_box.isChecked()
-    speak_into_the_mic(sound_server, tone(2.0) + bytes(16000))
+    speak_into_the_mic(sound_server, tone(2.0) + bytes(48000))  # + 1.5 s: capture lag
     qtbot.mouseClick(window.mute_box, Qt.MouseButton.LeftButton)
     assert not window.mute_box.isChecked()
     speak_into_the_mic(sound_server, tone(1.0) + bytes(16000))

@@ -192,7 +192,7 @@ def test_voice_call_indicator_mute_and_volume_on_the_sound_server(
     # Muted, 2 s of "speech" reaches nobody; unmuted, 1 s is heard (and transcribed).
     window.mute_box.invoke()
     assert window.muted.get()
-    speak_into_the_mic(sound_server, tone(2.0) + bytes(16000))
+    speak_into_the_mic(sound_server, tone(2.0) + bytes(48000))  # + 1.5 s: capture lag
     window.mute_box.invoke()
     assert not window.muted.get()
     speak_into_the_mic(sound_server, tone(1.0) + bytes(16000))
