@@ -25,10 +25,11 @@ back in step by their timestamps, all on the ``time.monotonic()`` clock:
 
 Memory is bounded: at most :attr:`MAX_PENDING` reference chunks wait for the capture
 thread, and at most ``max_reference_s`` of reference audio is kept. The engine costs
-about 0.2 ms of CPU per 10 ms frame on a small VM; while the speaker has been silent for
-:attr:`IDLE_TAIL_S` (the user talking, pauses) it is skipped altogether and the microphone
-passes unchanged (unless noise suppression is on), so a conversation pays for it only
-while the agent speaks and just after (see ``benchmarks/echo.py``).
+about 0.2 ms of CPU per 10 ms frame on a small VM (see ``benchmarks/echo.py``). With
+``idle_skip_s`` it is skipped while the speaker has been silent that long (the
+microphone then passes unchanged): cheaper, but off by default, because on a real device
+the engine sometimes needed a second to cancel again after such a pause (measured: one
+resume in five).
 
 Threading: one thread (the capture chain's) calls :meth:`process_capture`;
 :meth:`process_reverse` may be called from any thread at the same time.
@@ -88,9 +89,6 @@ class EchoCanceller:
     #: The timeline follows the timestamps when they disagree with it by more than
     #: JITTER_S for three chunks in a row, or by this much at once (a real gap).
     JUMP_S: Final = 0.25
-    #: The engine keeps running this long after the last sound the speaker played (the
-    #: echo's delay and reverberation, with a wide margin); after that it is skipped.
-    IDLE_TAIL_S: Final = 1.0
 
     def __init__(
         self,
@@ -101,6 +99,7 @@ class EchoCanceller:
         high_pass_filter: bool = True,
         lead_s: float = 0.04,
         max_reference_s: float = 2.0,
+        idle_skip_s: float | None = None,
     ) -> None:
         if sample_rate not in (8000, 16000, 32000, 48000):
             raise ConfigurationError(
@@ -112,6 +111,10 @@ class EchoCanceller:
             )
         if not 0.0 <= lead_s <= 0.2:
             raise ConfigurationError(f"lead_s must be from 0.0 to 0.2 s, got {lead_s!r}")
+        if idle_skip_s is not None and not 0.5 <= idle_skip_s <= 60.0:
+            raise ConfigurationError(
+                f"idle_skip_s must be None or from 0.5 to 60 s, got {idle_skip_s!r}"
+            )
         if not 0.5 <= max_reference_s <= 30.0:
             raise ConfigurationError(
                 f"max_reference_s must be from 0.5 to 30 s, got {max_reference_s!r}"
@@ -139,7 +142,8 @@ class EchoCanceller:
         self._jump = round(self.JUMP_S * sample_rate)
         self._off_timeline = 0  # consecutive reference chunks off the timeline by > JITTER_S
         self._max_ref = round(max_reference_s * sample_rate)
-        self._tail = round(self.IDLE_TAIL_S * sample_rate)
+        self._idle_skip = idle_skip_s is not None
+        self._tail = round((idle_skip_s or 0.0) * sample_rate)
         if self.echo_cancellation:
             # Our feeding emulates a device whose reference is rendered ``lead_s`` after it
             # is analysed and whose capture is processed as it is recorded. The value is
@@ -161,7 +165,7 @@ class EchoCanceller:
         self._render_pos: int | None = None  # start of the next frame to feed the engine
         self._cap_carry = b""  # capture samples short of a whole frame
         self._out = bytearray(self._silence)  # processed audio not yet returned
-        # The engine runs for capture/reference positions before this one (see IDLE_TAIL_S).
+        # The engine runs for capture/reference positions before this one (idle_skip_s).
         self._active_until: int | None = None
         #: Counters (capture thread): 10 ms frames processed, reference frames fed,
         #: reference frames fed as silence, reference frames skipped to catch up, capture
@@ -344,7 +348,9 @@ class EchoCanceller:
             if self.echo_cancellation:
                 # Both streams skip the same steps, so the engine sees them in step.
                 references = self._take_reference(frame_pos + size + self._lead)
-                idle = self._active_until is None or frame_pos >= self._active_until
+                idle = self._idle_skip and (
+                    self._active_until is None or frame_pos >= self._active_until
+                )
                 if idle and not self.noise_suppression:
                     self._out += data[offset : offset + frame_bytes]
                     self.idle_frames += 1

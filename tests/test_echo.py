@@ -159,9 +159,9 @@ def test_engine_rests_while_the_speaker_is_idle_and_resumes_converged() -> None:
     user = np.zeros(len(far))
     user[5 * RATE : 6 * RATE] = as_array(speech_like(1, seed=8, amplitude=0.3))
     mic = room_echo(far, 120, -9) + user
-    canceller = EchoCanceller()
+    canceller = EchoCanceller(idle_skip_s=1.0)
     out = run(canceller, far, mic)
-    # The pause minus the echo tail and IDLE_TAIL_S: the engine was skipped there ...
+    # The pause minus the echo tail and idle_skip_s: the engine was skipped there ...
     assert canceller.idle_frames >= 150
     quiet = slice(int(5.6 * RATE), 7 * RATE)
     assert np.array_equal(out[quiet], mic[quiet])  # ... and the microphone passed as is
@@ -215,6 +215,7 @@ def test_arguments_description_and_close() -> None:
         {"echo_cancellation": False},
         {"lead_s": -1.0},
         {"max_reference_s": 0.0},
+        {"idle_skip_s": 0.1},
     ):
         with pytest.raises(ConfigurationError):
             EchoCanceller(**bad)
