@@ -183,6 +183,10 @@ def recording_interface(base: type) -> Any:
     server wrote ``time.monotonic_ns()`` into the first 8 bytes of the chunk."""
 
     class Recording(base):  # type: ignore[misc, valid-type]
+        # A null device: no speaker reaches a microphone, so elevenconv does not run its
+        # echo canceller here (its cost is measured on its own by benchmarks/echo.py).
+        acoustic_echo = False
+
         def __init__(self, expected: int = 0, sink: list[int] | None = None) -> None:
             self.latencies_ns: list[int] = [] if sink is None else sink
             self.expected = expected

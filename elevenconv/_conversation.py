@@ -302,6 +302,7 @@ class Conversation(EventEmitter):
         self.on_mcp_tool_approval_request = on_mcp_tool_approval_request
         self._transport_options = dict(transport_options or {})
         self._once_handlers: dict[str, set[Callable[..., Any]]] = {}
+        self._listening: dict[str, bool] = {}  # _has_listeners()' cache
 
         for event, callback in (
             ("agent_response", callback_agent_response),
@@ -670,6 +671,8 @@ class Conversation(EventEmitter):
         ``error`` event; the other handlers still run. An ``error`` nobody listens to
         is logged. After :meth:`end_session` only ``session_ended`` handlers run.
         """
+        if event == "new_listener":  # pyee's own, on every add: the cache is stale
+            self._listening.clear()
         handlers = self.listeners(event)
         if not handlers:
             if event == "error":
@@ -705,6 +708,7 @@ class Conversation(EventEmitter):
         if once:
             once.discard(f)
         super().remove_listener(event, f)
+        self._listening.clear()
 
     def _handler_failed(self, event: str, handler: Callable[..., Any], exc: Exception) -> None:
         name = getattr(handler, "__qualname__", None) or repr(handler)
@@ -718,8 +722,25 @@ class Conversation(EventEmitter):
 
     def _has_listeners(self, event: str) -> bool:
         """Does ``event`` have a listener now? Events are posted only when someone
-        listens, so a listener added later sees later events only."""
-        return bool(self.listeners(event))
+        listens, so a listener added later sees later events only.
+
+        Cached per event (``listeners()`` copies the list under pyee's lock, several
+        times per audio message otherwise); every add (pyee emits ``new_listener``) and
+        removal clears the cache.
+        """
+        known = self._listening.get(event)
+        if known is None:
+            known = self._listening[event] = bool(self.listeners(event))
+        return known
+
+    def remove_all_listeners(self, event: str | None = None) -> None:
+        """Remove every handler of ``event`` (of every event if ``None``)."""
+        if event is None:
+            self._once_handlers.clear()
+        else:
+            self._once_handlers.pop(event, None)
+        super().remove_all_listeners(event)
+        self._listening.clear()
 
     def _post(self, event: str, *args: Any) -> None:
         """Queue an event for the events thread (never blocks; bounded in count and bytes)."""
