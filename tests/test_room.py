@@ -29,6 +29,9 @@ LONG_REPLY = (
     "then the night is cold and clear until the morning."
 )
 USER = "Wait, wait, stop please, I have a question about that."
+#: The server-received echo without cancellation is at least this loud (measured ~820 rms
+#: at 120 ms / -9 dB); with cancellation it must be >= 25 dB below it.
+NO_AEC_ECHO_RMS = 500.0
 
 
 class Room:
@@ -110,7 +113,7 @@ def test_without_echo_cancellation_the_agent_interrupts_itself(room: Callable[..
     # (the microphone chunks holding the echo arrive up to a chunk later).
     echo = rms(r.received(speaking, interrupted + 0.5))
     print(f"\n[no AEC] self-interruption after {interrupted - speaking:.2f} s; echo rms {echo:.0f}")
-    assert echo > 100
+    assert echo > NO_AEC_ECHO_RMS
 
 
 def test_with_echo_cancellation_long_replies_play_out_and_the_echo_is_gone(
@@ -124,9 +127,8 @@ def test_with_echo_cancellation_long_replies_play_out_and_the_echo_is_gone(
         assert listening - speaking > 8.0  # a long reply, played to its end
         echo = rms(r.received(speaking + 0.5, listening))
         print(f"\n[AEC] reply {reply}: {listening - speaking:.1f} s, echo rms {echo:.2f}")
-        # The no-AEC run measures echo rms in the hundreds (> 100 asserted there): the
-        # residue here is >= 25 dB below that and under the VAD's -40 dBFS threshold.
-        assert echo < 100 * 10 ** (-25 / 20)
+        # >= 25 dB below the no-cancellation run (whose echo is > NO_AEC_ECHO_RMS).
+        assert echo < NO_AEC_ECHO_RMS * 10 ** (-25 / 20)
         if reply == 0:
             r.conv.send_user_message("Tell me more.")
     assert r.server_interruptions == []
