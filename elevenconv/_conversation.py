@@ -888,6 +888,9 @@ class Conversation(EventEmitter):
         unsent = getattr(sock, "unsent", None)
         if unsent is not None:
             self._outbox.unsent = unsent  # the kernel's backlog holds the microphone back
+        in_flight = getattr(sock, "in_flight", None)
+        if in_flight is not None:
+            self._outbox.in_flight = in_flight  # and the link's measured rate
         self._last_rx = time.monotonic()
         self._connected = True
         self._wake_keepalive.set()
@@ -1257,12 +1260,14 @@ class Conversation(EventEmitter):
             outbox.send_started = time.monotonic()
             try:
                 if isinstance(item, MicPiece):
-                    message = self._protocol.user_audio_chunk(item.data)
-                    sock.send(encode_message(message))
+                    text = encode_message(self._protocol.user_audio_chunk(item.data))
+                    sock.send(text)
+                    outbox.note_sent(len(text) + 8)  # + the frame header
                 elif item is _PING:
                     sock.ping()  # type: ignore[attr-defined]
                 else:
                     sock.send(item)  # type: ignore[arg-type]
+                    outbox.note_sent(len(item) + 8)  # type: ignore[arg-type]
             except Exception as exc:
                 broken = True
                 self._log.warning("send failed (%s); closing the connection", type(exc).__name__)

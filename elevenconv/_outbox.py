@@ -34,6 +34,9 @@ __all__ = ["MIC_PIECE_S", "UNSENT_LIMIT", "MicDrops", "MicPiece", "Outbox"]
 MIC_PIECE_S = 0.1
 #: Unsent bytes the kernel may hold before more microphone audio is held back.
 UNSENT_LIMIT = 2048
+#: On a link slower than the microphone, pieces are cut to cross it in this long.
+SLOW_LINK_PIECE_S = 0.15
+MIN_PIECE_BYTES = 160
 #: While audio waits for the kernel to drain, re-check this often (a deadline wait on
 #: the condition, woken early by any new control message).
 UNSENT_RECHECK_S = 0.01
@@ -81,6 +84,11 @@ class Outbox:
         self.bytes_per_second = 32000
         #: ``unsent() -> int | None``: bytes the kernel has not sent yet (None: unknown).
         self.unsent: Callable[[], int | None] = lambda: None
+        #: ``in_flight() -> int | None``: bytes not yet acknowledged by the peer (sent or
+        #: not; Linux ``SIOCOUTQ``), for the link-rate estimate.
+        self.in_flight: Callable[[], int | None] = lambda: None
+        self._written = 0
+        self._rate = _LinkRate()
         #: When the writer started the send in progress (None: not sending).
         self.send_started: float | None = None
         self.drops = MicDrops()
@@ -171,17 +179,46 @@ class Outbox:
                     return STOP
                 if self._mic:
                     now = self._clock()
-                    while self._mic and now - self._mic[0].captured_at > self.max_lag:
+                    # On a slow link a piece still has the kernel's queue and itself to
+                    # cross: count that time against max_lag too, not only its age.
+                    in_flight = self.in_flight()
+                    rate = self._rate.update(now, self._written, in_flight)
+                    while self._mic:
+                        transit = self._transit(self._mic[0], in_flight, rate)
+                        if now - self._mic[0].captured_at + transit <= self.max_lag:
+                            break
                         self._drop_oldest()
                     if self._mic:
                         unsent = self.unsent()
                         if unsent is None or unsent <= UNSENT_LIMIT:
-                            piece = self._mic.popleft()
-                            self._mic_bytes -= len(piece.data)
-                            return piece
+                            return self._take_piece(rate)
                         self._cond.wait(UNSENT_RECHECK_S)
                         continue
                 self._cond.wait()
+
+    def note_sent(self, nbytes: int) -> None:
+        """The writer handed ``nbytes`` to the socket (for the link-rate estimate)."""
+        self._written += nbytes
+
+    def _transit(self, piece: MicPiece, in_flight: int | None, rate: float | None) -> float:
+        if rate is None or in_flight is None:
+            return 0.0
+        return (in_flight + _wire_size(len(piece.data))) / rate
+
+    def _take_piece(self, rate: float | None) -> MicPiece:
+        piece = self._mic.popleft()
+        if rate is not None:
+            # Pieces short enough to cross the link in SLOW_LINK_PIECE_S, so a pong
+            # never waits long behind one.
+            limit = max(MIN_PIECE_BYTES, int(rate * SLOW_LINK_PIECE_S * 3 / 4) & ~1)
+            if len(piece.data) > limit:
+                rest = MicPiece(
+                    piece.data[limit:], piece.captured_at + limit / self.bytes_per_second
+                )
+                self._mic.appendleft(rest)
+                piece = MicPiece(piece.data[:limit], piece.captured_at)
+        self._mic_bytes -= len(piece.data)
+        return piece
 
     def take_drops(self) -> MicDrops | None:
         """Drops since the last call (``None`` if none)."""
@@ -200,6 +237,40 @@ class Outbox:
         self.drops.seconds += seconds
         self.total_dropped_chunks += 1
         self.total_dropped_seconds += seconds
+
+
+class _LinkRate:
+    """Bytes per second the peer acknowledges while the link is busy (a queue in the
+    kernel): the link's real rate, measured, not assumed. ``None`` until measured, and
+    while the link keeps up (nothing queued)."""
+
+    WINDOW_S = 0.25
+
+    def __init__(self) -> None:
+        self.rate: float | None = None
+        self._start: tuple[float, int] | None = None
+
+    def update(self, now: float, written: int, in_flight: int | None) -> float | None:
+        if in_flight is None:
+            return None
+        if in_flight <= UNSENT_LIMIT:  # the link keeps up: nothing to measure, no delay
+            self._start = None
+            self.rate = None
+            return None
+        acked = written - in_flight
+        if self._start is None:
+            self._start = (now, acked)
+        elif now - self._start[0] >= self.WINDOW_S:
+            t0, acked0 = self._start
+            measured = max(1.0, (acked - acked0) / (now - t0))
+            self.rate = measured if self.rate is None else 0.6 * self.rate + 0.4 * measured
+            self._start = (now, acked)
+        return self.rate
+
+
+def _wire_size(raw: int) -> int:
+    """Bytes on the wire of a ``user_audio_chunk`` of ``raw`` audio bytes (base64, JSON)."""
+    return raw * 4 // 3 + 40
 
 
 def _size_of(item: object) -> int:

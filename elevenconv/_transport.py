@@ -206,6 +206,18 @@ class WebSocketClientSocket:
         buffer = self._ws.frame_buffer
         return float(getattr(buffer, "last_activity", time.monotonic()))
 
+    def in_flight(self) -> int | None:
+        """Bytes written that the peer has not acknowledged yet (Linux ``SIOCOUTQ``), or
+        ``None`` where that cannot be known."""
+        sock = getattr(self._ws, "sock", None)
+        if sock is None:
+            return None
+        try:
+            buf = fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")
+        except (OSError, ValueError):
+            return None
+        return int(struct.unpack("i", buf)[0])
+
     def unsent(self) -> int | None:
         """Bytes written to the socket that the kernel has not sent yet (Linux), or
         ``None`` where that cannot be known."""
