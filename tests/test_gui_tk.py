@@ -7,6 +7,7 @@ a deadline, through ``wait_variable``, so Tk keeps running its event loop meanwh
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import re
 from collections.abc import Callable, Iterator
@@ -74,6 +75,11 @@ def root(x_display: str) -> Iterator[Any]:
         window.destroy()
     except tk.TclError:
         pass  # ChatWindow.close() destroyed it
+    # Tk objects live in reference cycles; collect them here, on the main thread. Left to
+    # a later collection they may be freed on another thread (a library thread of the
+    # next test), where Variable.__del__ raises "main thread is not in main loop".
+    del window
+    gc.collect()
 
 
 def factory(sim: AgentSimulator, agent_id: str = "sim-agent") -> Callable[[Any], Conversation]:
