@@ -1191,8 +1191,6 @@ class Conversation(EventEmitter):
                 self._voice.on_interruption()
         elif isinstance(event, ConversationInitiationMetadataEvent):
             self._log.extra = {"conv": event.conversation_id}
-            self._post("session_started")
-            self._post("conversation_started", event.conversation_id)
         elif isinstance(event, ErrorEvent):
             self._last_server_error = event.to_exception()
             self._log.error("server error: %s", self._last_server_error)
@@ -1201,6 +1199,9 @@ class Conversation(EventEmitter):
         for name, args in event.conversation_events():
             if self._has_listeners(name):
                 self._post(name, *args)
+        if isinstance(event, ConversationInitiationMetadataEvent):
+            self._post("session_started")  # after conversation_metadata
+            self._post("conversation_started", event.conversation_id)
         if isinstance(event, ClientToolCallEvent):
             self._run_tool(event)
         elif (
