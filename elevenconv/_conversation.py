@@ -175,6 +175,24 @@ class _ConvLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         return f"[{conv}] {msg}", kwargs
 
 
+#: The longest untimed wait in a user's thread (wait_for_session_end), so that Ctrl+C
+#: gets through on CPython versions whose untimed lock waits ignore it (3.13.0).
+_INTERRUPT_SLICE_S = 0.25
+
+
+def _interrupt_slice(deadline: _Deadline) -> float:
+    remaining = deadline.remaining()
+    return _INTERRUPT_SLICE_S if remaining is None else min(remaining, _INTERRUPT_SLICE_S)
+
+
+def _wait_interruptibly(event: threading.Event, deadline: _Deadline) -> bool:
+    """``event.wait()`` until ``deadline``, in slices a KeyboardInterrupt can break."""
+    while not event.wait(_interrupt_slice(deadline)):
+        if deadline.deadline is not None and not deadline.remaining():
+            return event.is_set()
+    return True
+
+
 def _bytes_per_second(fmt: str) -> int:
     codec, _, rate = fmt.partition("_")
     try:
@@ -546,7 +564,7 @@ class Conversation(EventEmitter):
         if self._state == "new":
             raise SessionNotActiveError("start_session() first")
         deadline = _Deadline(timeout)
-        if not self._ended.wait(deadline.remaining()):
+        if not _wait_interruptibly(self._ended, deadline):
             raise TimeoutError(f"the session did not end within {timeout} s")
         if not self._join(deadline):
             raise TimeoutError(
@@ -1003,7 +1021,10 @@ class Conversation(EventEmitter):
         done = True
         for thread in list(self._threads.values()):
             if thread is not me:
-                thread.join(deadline.remaining())
+                while thread.is_alive() and (deadline.deadline is None or deadline.remaining()):
+                    # Slices, not one join(None): CPython 3.13.0 does not let Ctrl+C
+                    # interrupt an untimed wait on a lock.
+                    thread.join(_interrupt_slice(deadline))
                 done = done and not thread.is_alive()
         # Tool calls still running (a tool that ends its own session is not waited for).
         if self._tools is not None and self._tools.closed:
