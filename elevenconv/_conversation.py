@@ -358,6 +358,10 @@ class Conversation(EventEmitter):
         self._start_done = threading.Event()
         self._ended = threading.Event()
         self._wake_keepalive = threading.Event()
+        # The keepalive sleeps past send ticks while no send happens; the writer's next
+        # send then wakes it (see _keepalive_loop).
+        self._keepalive_idle = False
+        self._sends = 0
         self._connected = False
         self._cancelled = False  # end_session() or Ctrl+C during start_session()
         self._discard = False  # end_session() was called: no more handlers
@@ -1059,6 +1063,7 @@ class Conversation(EventEmitter):
         ping_sent: float | None = None  # our unanswered ping
         progress: tuple[float | None, int | None] = (None, None)  # (send, unsent bytes seen)
         progress_at = 0.0
+        sends_seen = -1
         wake = self._wake_keepalive
         while self._state != "ended" and not (self._cancelled and not self._connected):
             now = time.monotonic()
@@ -1085,6 +1090,10 @@ class Conversation(EventEmitter):
                     else:
                         deadlines.append(ping_sent + self.ping_timeout)
             # A send that makes no progress (no bytes leave the kernel) for send_timeout.
+            # Checked every `tick` while sends happen; after a tick without any send the
+            # loop sleeps until its other deadlines and the writer's next send wakes it
+            # (an idle session costs no wake-ups).
+            tick = min(1.0, self.send_timeout / 4)
             started = self._outbox.send_started
             if started is not None and sock is not None:
                 unsent = self._unsent(sock)
@@ -1096,9 +1105,18 @@ class Conversation(EventEmitter):
                 if now - max(started, progress_at) >= self.send_timeout:
                     self._kill(1011, f"send made no progress for {self.send_timeout:g} s")
                 else:
-                    deadlines.append(now + min(1.0, self.send_timeout / 4))
+                    deadlines.append(now + tick)
             elif self._connected:
-                deadlines.append(now + min(1.0, self.send_timeout / 4))
+                if self._sends != sends_seen:
+                    deadlines.append(now + tick)
+                else:
+                    self._keepalive_idle = True
+                    # Re-check after publishing the flag: a send that started meanwhile
+                    # saw the flag unset and did not wake us.
+                    if self._sends != sends_seen or self._outbox.send_started is not None:
+                        self._keepalive_idle = False
+                        deadlines.append(now)
+            sends_seen = self._sends
             # The close handshake after end_session(): bounded by close_timeout.
             requested = self._close_requested_at
             if requested is not None:
@@ -1112,6 +1130,7 @@ class Conversation(EventEmitter):
                     deadlines.append(requested + self.close_timeout)
             wake.wait(max(0.0, min(deadlines) - now) if deadlines else None)
             wake.clear()
+            self._keepalive_idle = False
 
     @staticmethod
     def _unsent(sock: WebSocketLike) -> int | None:
@@ -1280,6 +1299,10 @@ class Conversation(EventEmitter):
             if broken or sock is None:
                 continue  # drain until told to stop, so senders never block
             outbox.send_started = time.monotonic()
+            self._sends += 1
+            if self._keepalive_idle:  # it sleeps past send ticks: watch this send
+                self._keepalive_idle = False
+                self._wake_keepalive.set()
             try:
                 if isinstance(item, MicPiece):
                     text = encode_message(self._protocol.user_audio_chunk(item.data))

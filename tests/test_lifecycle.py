@@ -11,6 +11,7 @@ import json
 import logging
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -118,6 +119,41 @@ def test_a_send_that_makes_no_progress_ends_the_session() -> None:
     conv = Conversation(agent_id="a", requires_auth=False, websocket_factory=fake, send_timeout=0.3)
     events = EventLog(conv)
     conv.start_session()
+    conv.send_user_message("into the void")
+    assert fake.stuck.wait(scaled(5))
+    events.wait_for("session_ended", timeout=5)
+    ((_, code, reason),) = events.of("session_ended")
+    assert code == 1011 and "no progress" in reason
+    conv.end_session()
+
+
+def _wakeups(thread: threading.Thread) -> int:
+    """How often ``thread`` has gone to sleep and been woken (Linux: voluntary context
+    switches of the task)."""
+    status = f"/proc/self/task/{thread.native_id}/status"
+    with open(status, encoding="ascii") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no voluntary_ctxt_switches in {status}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
+def test_an_idle_session_keepalive_sleeps_until_a_send_wakes_it() -> None:
+    # No send, no ping due: the keepalive thread must not wake on a send-watch tick
+    # (tick = send_timeout / 4 = 0.1 s here, 10 per second on the old code). A send
+    # that then stalls still ends the session: the writer wakes the keepalive.
+    fake = StallFake()
+    conv = Conversation(
+        agent_id="a", requires_auth=False, websocket_factory=fake,
+        ping_interval=None, send_timeout=0.4,
+    )  # fmt: skip
+    events = EventLog(conv)
+    conv.start_session()
+    keepalive = conv._threads["keepalive"]
+    before = _wakeups(keepalive)
+    assert not conv._ended.wait(1.0)  # a negative: one quiet second
+    assert _wakeups(keepalive) - before <= 2, "the keepalive woke up while nothing happened"
     conv.send_user_message("into the void")
     assert fake.stuck.wait(scaled(5))
     events.wait_for("session_ended", timeout=5)
