@@ -1,26 +1,30 @@
 """Client side of the benchmark: one adapter per library, and the worker entry point.
 
-    python benchmarks/clients.py --lib elevenconv|official --scenario NAME --port N \
+    python benchmarks/clients.py --lib elevenconv|official|floor --scenario NAME --port N \
         --tag TAG --params '{...}'
 
 runs one scenario in this (fresh) process against the benchmark server and prints
-``RESULT {json}``. The adapters expose the same few operations for both libraries --
+``RESULT {json}``. The adapters expose the same few operations for every library --
 ``create`` (a Conversation with a given audio interface, an ``agent_response`` callback,
 a ``bench_tool`` client tool and ``user_id=tag``), ``start`` (return when the session is
 ready: the conversation id is known), ``send`` (a user message) and ``end`` -- so every
-scenario below is written once and runs unchanged against both.
+scenario below is written once and runs unchanged against each. ``floor`` is no library:
+the least a correct client does with websocket-client (:class:`FloorConversation`), the
+floor each figure has in this setup.
 
 Measurement points are inside this process: ``output()`` of the audio interface (same
-code for both libraries), ``time.process_time()`` (CPU of all threads of the process),
+code for every library), ``time.process_time()`` (CPU of all threads of the process),
 ``threading.enumerate()`` (threads the library created), ``psutil`` (RSS).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import gc
 import json
 import os
+import queue
 import sys
 import threading
 import time
@@ -28,6 +32,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import websocket
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -175,7 +181,176 @@ class OfficialAdapter(Adapter):
         return Timed()
 
 
-ADAPTERS: dict[str, type[Adapter]] = {"elevenconv": ElevenconvAdapter, "official": OfficialAdapter}
+class FloorAudioInterface:
+    """The audio interface the floor client drives: start / stop / output / interrupt."""
+
+    def start(self, input_callback: Callable[[bytes], None]) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def output(self, audio: bytes) -> None:
+        pass
+
+    def interrupt(self) -> None:
+        pass
+
+
+class FloorConversation:
+    """The least work a correct client does, written plainly with websocket-client.
+
+    One reader thread: ``recv()`` -> ``json.loads`` -> by type, inline: ``audio`` ->
+    ``base64.b64decode`` -> ``output(pcm)``; ``ping`` -> ``pong``; ``client_tool_call`` ->
+    the tool -> ``client_tool_result``; ``conversation_initiation_metadata`` -> started.
+    ``agent_response`` goes through a ``SimpleQueue`` to one callback thread, so a
+    blocking user callback does not hold up pongs (the minimum a correct client must do).
+    No reconnects, no outbox, no validation, no events beyond these; UTF-8 is checked by
+    ``recv()``'s decode (``skip_utf8_validation`` skips websocket-client's second,
+    pure-Python check, as elevenconv does too).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        user_id: str,
+        iface: FloorAudioInterface,
+        tools: dict[str, Callable[[dict[str, Any]], str]],
+        on_agent_response: Callable[[str], None] | None,
+    ) -> None:
+        self.url = url
+        self.user_id = user_id
+        self.iface = iface
+        self.tools = tools
+        self.on_agent_response = on_agent_response
+        self.ws: Any = None
+        self.started = threading.Event()
+        self.conversation_id: str | None = None
+        self.callbacks: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self.reader = threading.Thread(target=self._read, name="floor-reader", daemon=True)
+        self.callback_thread = threading.Thread(
+            target=self._run_callbacks, name="floor-callbacks", daemon=True
+        )
+
+    def start(self) -> None:
+        self.ws = websocket.create_connection(
+            self.url, timeout=START_TIMEOUT, skip_utf8_validation=True
+        )
+        self.ws.settimeout(None)  # the reader blocks in recv() until the socket closes
+        self.ws.send(
+            json.dumps(
+                {
+                    "type": "conversation_initiation_client_data",
+                    "conversation_config_override": {},
+                    "user_id": self.user_id,
+                }
+            )
+        )
+        self.callback_thread.start()
+        self.reader.start()
+        if not self.started.wait(START_TIMEOUT):
+            raise TimeoutError("floor client: no conversation_initiation_metadata")
+        self.iface.start(self._send_mic)
+
+    def _send_mic(self, pcm: bytes) -> None:
+        self.ws.send(json.dumps({"user_audio_chunk": base64.b64encode(pcm).decode()}))
+
+    def send_user_message(self, text: str) -> None:
+        self.ws.send(json.dumps({"type": "user_message", "text": text}))
+
+    def _read(self) -> None:
+        ws, output = self.ws, self.iface.output
+        try:
+            while True:
+                frame = ws.recv()
+                if not frame:  # "" : the close frame (websocket-client answered it)
+                    break
+                msg = json.loads(frame)
+                kind = msg.get("type")
+                if kind == "audio":
+                    output(base64.b64decode(msg["audio_event"]["audio_base_64"]))
+                elif kind == "ping":
+                    ws.send(json.dumps({"type": "pong", "event_id": msg["ping_event"]["event_id"]}))
+                elif kind == "agent_response":
+                    self.callbacks.put(msg["agent_response_event"]["agent_response"])
+                elif kind == "client_tool_call":
+                    self._tool_call(msg["client_tool_call"])
+                elif kind == "conversation_initiation_metadata":
+                    event = msg["conversation_initiation_metadata_event"]
+                    self.conversation_id = event["conversation_id"]
+                    self.started.set()
+        except (OSError, ValueError, websocket.WebSocketException):
+            pass  # the socket closed under us (end() aborted it, or the peer went away)
+        finally:
+            self.callbacks.put(None)
+            ws.shutdown()
+
+    def _tool_call(self, call: dict[str, Any]) -> None:
+        try:
+            result, is_error = self.tools[call["tool_name"]](call.get("parameters") or {}), False
+        except Exception as exc:
+            result, is_error = f"{type(exc).__name__}: {exc}", True
+        if call.get("expects_response", True):
+            self.ws.send(
+                json.dumps(
+                    {
+                        "type": "client_tool_result",
+                        "tool_call_id": call["tool_call_id"],
+                        "result": result,
+                        "is_error": is_error,
+                    }
+                )
+            )
+
+    def _run_callbacks(self) -> None:
+        while (text := self.callbacks.get()) is not None:
+            if self.on_agent_response is not None:
+                self.on_agent_response(text)
+
+    def end_session(self) -> None:
+        """Send the close frame; the reader sees the server's answer, shuts the socket and
+        exits; then the callback thread drains and exits. Both are joined."""
+        try:
+            self.ws.send_close()
+        except Exception:  # already closed: the reader is on its way out
+            pass
+        self.reader.join(2.0)
+        if self.reader.is_alive():  # no close answer: wake the reader
+            self.ws.abort()
+            self.reader.join()
+        self.iface.stop()
+        if threading.current_thread() is not self.callback_thread:
+            self.callback_thread.join()
+
+
+class FloorAdapter(Adapter):
+    """Not a library: what a bare websocket-client reader costs (see FloorConversation)."""
+
+    name = "floor"
+    AudioInterface = FloorAudioInterface
+
+    def create(
+        self,
+        scenario: str,
+        tag: str,
+        iface: Any,
+        on_agent_response: Callable[[str], None] | None = None,
+    ) -> Any:
+        url = f"ws://127.0.0.1:{self.port}/v1/convai/conversation?agent_id={AGENT.format(scenario)}"
+        return FloorConversation(url, tag, iface, {"bench_tool": _bench_tool}, on_agent_response)
+
+    def start(self, conv: Any) -> None:
+        conv.start()
+
+    def default_audio_interface(self) -> Any:
+        raise NotImplementedError("the floor has no audio device (barge-in is not measured)")
+
+
+ADAPTERS: dict[str, type[Adapter]] = {
+    "elevenconv": ElevenconvAdapter,
+    "official": OfficialAdapter,
+    "floor": FloorAdapter,
+}
 
 
 def recording_interface(base: type) -> Any:

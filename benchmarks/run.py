@@ -1,19 +1,25 @@
-"""elevenconv vs the official SDK (``elevenlabs``), against the same AgentSimulator.
+"""elevenconv vs the official SDK (``elevenlabs``) and the floor, against the same
+AgentSimulator.
 
-    python benchmarks/run.py            # the full run (about 6 minutes on 2 cores)
+    python benchmarks/run.py            # the full run (about 8 minutes on 2 cores)
     python benchmarks/run.py --quick    # a smoke run (CI): tiny sizes, same code paths
 
 One server process (``benchmarks/server.py``) serves every scenario; each measurement
 runs in a fresh client process (``benchmarks/clients.py``) for one library, and the
-libraries alternate A/B, B/A, ... round by round. Prints one table (median, p99, ratio
-elevenconv / official, target, verdict) and writes ``benchmarks/results/bench-<date>.json``
+libraries take turns in every round, in an order that changes round by round (ABC, CBA,
+BCA, ACB, CAB, BAC: over 6 rounds every library has every place). ``floor`` is no
+library: a bare websocket-client reader doing only what a correct client must
+(``clients.FloorConversation``), the limit of each figure in this setup; it is measured
+in every scenario but barge-in (it has no audio device). Prints one table (median, p99,
+ratios elevenconv / official and elevenconv / floor, target, verdict; targets and
+verdicts compare with the official SDK) and writes ``benchmarks/results/bench-<date>.json``
 and ``benchmarks/results/latest.json`` (``--quick``: ``quick-latest.json`` only) with the
 configuration, the environment and every sample.
 
 The barge-in figure needs the PulseAudio test stack (``scripts/sound-server``): an
 already exported one is used, otherwise one is started in a private directory and
 stopped at the end. Without the ``elevenlabs`` package, ``--quick`` measures elevenconv
-alone and says so; the full run refuses (``make bench`` installs it).
+and the floor only and says so; the full run refuses (``make bench`` installs it).
 """
 
 from __future__ import annotations
@@ -38,10 +44,12 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-LIBS = ("official", "elevenconv")
-LABEL = {"official": "official SDK", "elevenconv": "elevenconv"}
+LIBS = ("official", "elevenconv", "floor")
+LABEL = {"official": "official SDK", "elevenconv": "elevenconv", "floor": "floor"}
+#: Scenarios the floor client has no part in (it has no audio device).
+NO_FLOOR = ("bargein",)
 
-# Scenario sizes: rounds (alternating library order) x params per round.
+# Scenario sizes: rounds (library order changing, see round_order) x params per round.
 FULL: dict[str, dict[str, Any]] = {
     "end_session": {"rounds": 3, "params": {"sessions": 10}},
     "pong": {"rounds": 2, "params": {"blocks": 3, "block_s": 2.0}},
@@ -87,6 +95,15 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def median(values: Sequence[float]) -> float:
     return percentile(values, 50)
+
+
+def round_order(libs: Sequence[str], rnd: int) -> tuple[str, ...]:
+    """Round ``rnd``'s library order: rotated by ``rnd // 2``, reversed on odd rounds.
+    Three libraries: ABC, CBA, BCA, ACB, CAB, BAC (every order once in 6 rounds; in every
+    pair of rounds each library's mean place is the middle). Two: AB, BA, BA, AB."""
+    k = (rnd // 2) % len(libs) if libs else 0
+    order = tuple(libs[k:]) + tuple(libs[:k])
+    return tuple(reversed(order)) if rnd % 2 else order
 
 
 # ======================================================================================
@@ -368,29 +385,36 @@ def _fmt(x: float) -> str:
     return f"{x:.3f}"
 
 
-def _cell(s: dict[str, float] | None, fig: Figure, unit: str) -> str:
+def _cell(s: dict[str, float] | None, fig: Figure, unit: str, missing: str = "not measured") -> str:
     if not s:
-        return "not measured"
+        return missing
     if fig.show == "value":
         spread = f" ({_fmt(s['min'])}-{_fmt(s['max'])})" if s["n"] > 1 else ""
         return f"{_fmt(s['median'])} {unit}{spread}"
     return f"median {_fmt(s['median'])}, p99 {_fmt(s['p99'])} {unit}"
 
 
+def _ratio(ours: dict[str, float] | None, other: dict[str, float] | None, fig: Figure) -> str:
+    if not ours or not other:
+        return "-"
+    k = "median" if fig.show == "value" else "p99"
+    return f"{ours[k] / other[k]:.2f}x" if other[k] else "-"
+
+
 def render_table(summary: dict[str, Any], extra: dict[str, Any]) -> str:
     rows = [
-        "| figure | official SDK | elevenconv | ratio (p99; value) | target | met |",
-        "|---|---|---|---|---|---|",
+        "| figure | official SDK | elevenconv | floor | elevenconv / official (p99; value) "
+        "| elevenconv / floor | target | met |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for fig in FIGURES:
         entry = summary.get(fig.key)
         if entry is None:
             continue
-        off, ours = entry.get("official"), entry.get("elevenconv")
-        ratio = "-"
-        if off and ours:
-            k = "median" if fig.show == "value" else "p99"
-            ratio = f"{ours[k] / off[k]:.2f}x" if off[k] else "-"
+        off, ours, floor = entry.get("official"), entry.get("elevenconv"), entry.get("floor")
+        floor_cell = _cell(
+            floor, fig, fig.unit, "-" if fig.scenario in NO_FLOOR else "not measured"
+        )
         title = fig.title
         if fig.key == "end_session":
             title += f" ({entry['sessions']} sessions)"
@@ -404,7 +428,8 @@ def render_table(summary: dict[str, Any], extra: dict[str, Any]) -> str:
         verdict = "-" if met is None else ("yes" if met else "**no**")
         rows.append(
             f"| {title} | {_cell(off, fig, fig.unit)} | {_cell(ours, fig, fig.unit)} | "
-            f"{ratio} | {fig.target} | {verdict} |"
+            f"{floor_cell} | {_ratio(ours, off, fig)} | {_ratio(ours, floor, fig)} | "
+            f"{fig.target} | {verdict} |"
         )
         if fig.key == "concurrent":
             conc = extra.get("concurrent", {})
@@ -417,7 +442,8 @@ def render_table(summary: dict[str, Any], extra: dict[str, Any]) -> str:
                     else "not measured"
                 )
             rows.append(
-                f"| ... same run: threads, RSS, CPU | {cells[0]} | {cells[1]} | | reported | - |"
+                f"| ... same run: threads, RSS, CPU | {cells[0]} | {cells[1]} | {cells[2]} "
+                "| | | reported | - |"
             )
     return "\n".join(rows)
 
@@ -466,7 +492,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if only:
         plan = {k: v for k, v in plan.items() if k in only}
 
-    python = {"elevenconv": sys.executable, "official": args.official_python}
+    python = {
+        "elevenconv": sys.executable,
+        "official": args.official_python,
+        "floor": sys.executable,
+    }
     notes: list[str] = []
     probe = subprocess.run(
         [python["official"], "-c", "import elevenlabs.conversational_ai.conversation"],
@@ -481,8 +511,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        libs = ("elevenconv",)
-        notes.append("official SDK (elevenlabs) not installed: elevenconv measured alone")
+        libs = ("elevenconv", "floor")
+        notes.append(
+            "official SDK (elevenlabs) not installed: elevenconv measured alone, beside the floor"
+        )
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1")
     started = time.time()
@@ -500,10 +532,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         notes.append(f"barge-in not measured: {sound.reason}")
                         continue
                     wenv = dict(env, **sound.env)
-                results[scenario] = {lib: [] for lib in libs}
+                scenario_libs = tuple(
+                    lib for lib in libs if not (lib == "floor" and scenario in NO_FLOOR)
+                )
+                results[scenario] = {lib: [] for lib in scenario_libs}
                 for rnd in range(spec["rounds"]):
-                    order = libs if rnd % 2 == 0 else tuple(reversed(libs))
-                    for lib in order:
+                    for lib in round_order(scenario_libs, rnd):
                         t0 = time.monotonic()
                         res = run_worker(
                             python[lib],
@@ -531,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         entry: dict[str, Any] = {}
         samples: dict[str, int] = {}
-        for lib in libs:
+        for lib in results[fig.scenario]:
             values = fig.extract(results[fig.scenario][lib])
             entry[lib] = summarize(values)
             samples[lib] = len(values)
@@ -545,17 +579,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra["conversations"] = plan["concurrent"]["params"]["conversations"]
         extra["concurrent"] = {
             lib: {k: v for k, v in results["concurrent"][lib][0].items() if k != "latency_ms"}
-            for lib in libs
+            for lib in results["concurrent"]
         }
     if "pong" in results:
         extra["pong_block_s"] = plan["pong"]["params"]["block_s"]
     if "end_session" in results:
         extra["end_session_returned_ms"] = {
-            lib: summarize(_samples("returned_ms")(results["end_session"][lib])) for lib in libs
+            lib: summarize(_samples("returned_ms")(results["end_session"][lib]))
+            for lib in results["end_session"]
         }
     if "bargein" in results:
         extra["bargein_trials"] = {
-            lib: [t for r in results["bargein"][lib] for t in r["trials"]] for lib in libs
+            lib: [t for r in results["bargein"][lib] for t in r["trials"]]
+            for lib in results["bargein"]
         }
 
     table = render_table(summary, extra)

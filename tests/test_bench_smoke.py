@@ -1,6 +1,7 @@
 """Smoke test of the benchmark (not a timed test): ``benchmarks/run.py --quick`` runs
-every scenario at tiny sizes, prints the table and writes valid JSON. Figures are not
-checked here -- they are a machine's, see benchmarks/README.md."""
+every scenario at tiny sizes for elevenconv, the official SDK and the floor, prints the
+table and writes valid JSON. Figures are not checked here -- they are a machine's, see
+benchmarks/README.md."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def test_quick_benchmark_prints_a_table_and_writes_json(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
-    assert "| figure | official SDK | elevenconv |" in out
+    assert "| figure | official SDK | elevenconv | floor |" in out
+    assert "| elevenconv / floor |" in out
     for title in ("end_session()", "pong delay", "audio delivery latency", "tool round trip"):
         assert title in out
     doc = json.loads((tmp_path / "quick-latest.json").read_text())
@@ -34,6 +36,12 @@ def test_quick_benchmark_prints_a_table_and_writes_json(tmp_path: Path) -> None:
     summary = doc["summary"]
     for key in ("end_session", "pong", "stream", "cpu", "idle", "tool", "concurrent"):
         assert summary[key]["elevenconv"]["n"] > 0, key
+        # The floor (a bare websocket-client reader) runs wherever it applies.
+        assert summary[key]["floor"]["n"] > 0, key
+    assert "floor" in doc["extra"]["concurrent"]
+    if "bargein" in summary:  # no audio device in the floor client: shown as "-"
+        assert "floor" not in summary["bargein"]
+        assert "floor" not in doc["raw"]["bargein"]
     try:
         import elevenlabs  # noqa: F401
     except ImportError:
