@@ -55,12 +55,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, TextIO
 
-from elevenconv._audio import AudioInterface, PlaybackCallback
+from elevenconv._audio import AudioInterface, PlaybackCallback, PlaybackReferenceCallback
 from elevenconv._client import DEFAULT_BASE_URL, ElevenLabsClient
 from elevenconv._conversation import Conversation
 from elevenconv._fileaudio import WavFileAudioInterface, write_wav_pcm16
 from elevenconv._tools import ClientTools
 from elevenconv._version import __version__
+from elevenconv._voice import has_acoustic_echo
 from elevenconv.errors import AudioError, ElevenConvError
 
 __all__ = ["COMMANDS", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "main"]
@@ -529,16 +530,26 @@ class _Tracker:
 
 
 class _MicTap(AudioInterface):
-    """Wraps a device: can replace microphone audio with given speech (``/speak``) and
+    """Wraps a device: can add given speech to the microphone audio (``/speak``) and
     keep a copy of what the microphone sent (``--record-mic``).
 
-    The replacement rides on the device's own chunk cadence (real time), so the agent
-    hears it exactly as it would hear a voice. ``input_callback`` is called on the
-    device's input thread; the work here is one slice under a lock.
+    The speech rides on the device's own chunk cadence (real time) and is mixed into
+    what the microphone hears (a voice adds to the room's sound, it does not replace
+    it), so the agent hears it exactly as it would hear a voice, echo included.
+    ``input_callback`` is called on the device's input thread; the work here is one
+    slice under a lock and one vector add.
+
+    Every capability of the wrapped device is passed through, the echo canceller's
+    above all (``set_playback_reference_callback``, ``capture_time``,
+    ``acoustic_echo``): without them the canceller falls back to the audio handed to
+    ``output()`` and to arrival times, which on PulseAudio drift by ~30 ms a chunk
+    (measured), and the echo of open speakers leaks (issue 9).
     """
 
     def __init__(self, inner: AudioInterface, *, keep_mic: bool) -> None:
         self.inner = inner
+        #: The wrapped device's (a WAV file has no echo path, speakers in a room have).
+        self.acoustic_echo = has_acoustic_echo(inner)
         self._lock = threading.Lock()
         self._inject = bytearray()
         self._injected = threading.Event()
@@ -556,7 +567,7 @@ class _MicTap(AudioInterface):
             if self._inject:
                 take = bytes(self._inject[: len(chunk)])
                 del self._inject[: len(take)]
-                chunk = take + chunk[len(take) :]
+                chunk = _mix_pcm16(chunk, take)
                 if not self._inject:
                     self._injected.set()
             if self.mic is not None:
@@ -565,7 +576,7 @@ class _MicTap(AudioInterface):
         self._callback(chunk)
 
     def inject(self, pcm: bytes) -> None:
-        """Queue ``pcm`` (PCM16 mono 16 kHz) to replace the next microphone audio."""
+        """Queue ``pcm`` (PCM16 mono 16 kHz) to be added to the next microphone audio."""
         with self._lock:
             self._inject += pcm[: len(pcm) - len(pcm) % 2]
             if self._inject:
@@ -599,6 +610,36 @@ class _MicTap(AudioInterface):
     def wait_until_drained(self, timeout: float) -> bool:
         """Delegated to the wrapped device."""
         return self.inner.wait_until_drained(timeout)
+
+    def set_playback_reference_callback(self, callback: PlaybackReferenceCallback | None) -> bool:
+        """Delegated to the wrapped device (the echo canceller's exact reference)."""
+        return self.inner.set_playback_reference_callback(callback)
+
+    def capture_time(self) -> float | None:
+        """Delegated to the wrapped device: ``input_callback`` runs inside its own."""
+        return self.inner.capture_time()
+
+
+def _mix_pcm16(mic: bytes, speech: bytes) -> bytes:
+    """``speech`` added to the start of ``mic`` (PCM16), clipped to the 16-bit range.
+
+    With numpy (the audio extra) one vector add; without it, a plain loop (/speak is a
+    testing aid; a WAV-file device without numpy still works).
+    """
+    n = min(len(mic), len(speech)) // 2 * 2
+    if not n:
+        return mic
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - the audio extra brings numpy
+        from array import array
+
+        a, b = array("h", mic[:n]), array("h", speech[:n])
+        mixed = array("h", (max(-32768, min(32767, x + y)) for x, y in zip(a, b, strict=True)))
+        return mixed.tobytes() + mic[n:]
+    total = np.frombuffer(mic, dtype="<i2", count=n // 2).astype(np.int32)
+    total += np.frombuffer(speech, dtype="<i2", count=n // 2)
+    return np.clip(total, -32768, 32767).astype("<i2").tobytes() + mic[n:]
 
 
 @contextlib.contextmanager
@@ -1367,8 +1408,9 @@ def build_parser() -> argparse.ArgumentParser:
     audio.add_argument(
         "--no-echo-cancellation",
         action="store_true",
-        help="turn off echo cancellation (default: on in voice mode when installed; "
-        "headphones do not need it)",
+        help="turn off echo cancellation (default: on in voice mode when installed); "
+        "use it with headphones: with no echo to learn from, the canceller cuts your "
+        "speech over the agent's during its first 10-15 s of speech",
     )
     audio.add_argument("--input-device", type=int, help="PortAudio input device index")
     audio.add_argument("--output-device", type=int, help="PortAudio output device index")

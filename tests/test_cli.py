@@ -459,6 +459,72 @@ def test_voice_without_a_sound_card_through_input_wav(tmp_path: Path) -> None:
     assert _rms(recorded_mic[:32000]) > 1000
 
 
+class _RoomDevice:
+    """A stand-in device with every echo-canceller capability (and records its calls)."""
+
+    acoustic_echo = True
+
+    def __init__(self) -> None:
+        self.reference: Any = None
+        self.delivering = False
+        self.started: Any = None
+
+    def start(self, input_callback: Any) -> None:
+        self.started = input_callback
+
+    def deliver(self, chunk: bytes) -> None:
+        self.delivering = True
+        try:
+            self.started(chunk)
+        finally:
+            self.delivering = False
+
+    def set_playback_reference_callback(self, callback: Any) -> bool:
+        self.reference = callback
+        return True
+
+    def capture_time(self) -> float | None:
+        return 123.25 if self.delivering else None
+
+
+@pytest.mark.timeout(10)
+def test_the_microphone_tap_passes_the_echo_cancellers_capabilities_through() -> None:
+    """The CLI wraps the device in a tap (/speak, --record-mic). The echo canceller needs
+    the device's exact playback reference and capture times: a tap that hid them made
+    the canceller fall back to output() and arrival times (the echo of open speakers
+    leaked, and speech over the agent was cut; issue 9)."""
+    from elevenconv._fileaudio import WavFileAudioInterface
+    from elevenconv.cli import _MicTap
+
+    device = _RoomDevice()
+    tap = _MicTap(device, keep_mic=True)  # type: ignore[arg-type]
+    seen: list[tuple[bytes, float | None]] = []
+    tap.start(lambda pcm: seen.append((pcm, tap.capture_time())))
+
+    def reference(pcm: bytes, played_at: float) -> None:
+        pass
+
+    assert tap.set_playback_reference_callback(reference) is True
+    assert device.reference is reference
+    assert tap.acoustic_echo is True
+    assert tap.capture_time() is None
+    # /speak adds the voice to what the microphone hears (the room's echo stays in).
+    room = (1000).to_bytes(2, "little", signed=True) * 4
+    tap.inject((500).to_bytes(2, "little", signed=True) * 2 + (32000).to_bytes(2, "little") * 1)
+    device.deliver(room)
+    pcm, captured_at = seen[0]
+    assert captured_at == 123.25
+    assert [int.from_bytes(pcm[i : i + 2], "little", signed=True) for i in range(0, 8, 2)] == [
+        1500,
+        1500,
+        32767,  # clipped, not wrapped
+        1000,
+    ]
+    assert tap.wait_injected(0) is True
+    wav = WavFileAudioInterface.__new__(WavFileAudioInterface)
+    assert _MicTap(wav, keep_mic=False).acoustic_echo is False  # no echo path, no canceller
+
+
 AUDIO_EXTRA = 'pip install "elevenconv[audio]"'
 
 
@@ -565,10 +631,7 @@ def test_devices_lists_the_sound_servers_default_device(sound_server: Any) -> No
     assert "ALSA lib" not in done.stderr
 
 
-@pytest.mark.audio
-@pytest.mark.timeout(120)
-def test_voice_chat_with_barge_in_on_the_sound_server(sound_server: Any, tmp_path: Path) -> None:
-    """Auto-detected voice: the agent speaks through PulseAudio, /speak interrupts it."""
+def _barge_in_script(tmp_path: Path) -> Path:
     script = tmp_path / "turns.txt"
     script.write_text(
         "/status\n"
@@ -579,13 +642,53 @@ def test_voice_chat_with_barge_in_on_the_sound_server(sound_server: Any, tmp_pat
         "bye\n"
         "/wait-end\n"
     )
+    return script
+
+
+def _spoken_seconds(stdout: str) -> float:
+    """How much of the /speak utterance the agent heard (its "You said: (spoken N s)")."""
+    found = re.search(r"You said: \(spoken (\d+\.\d) s\)", stdout)
+    assert found, stdout
+    return float(found.group(1))
+
+
+@pytest.mark.audio
+@pytest.mark.timeout(120)
+def test_voice_chat_with_barge_in_on_open_speakers(
+    sound_server: Any, echo_path: Any, tmp_path: Path
+) -> None:
+    """Open speakers (a room: the speaker is heard by the microphone, 120 ms, -9 dB) and
+    the echo canceller on by default: the agent does not interrupt itself, /speak
+    interrupts it and the whole utterance becomes the user's turn."""
+    echo_path(120, -9.0)
     done = run_cli(
-        "chat", "--sim-tts", "tone", "--script", str(script), "--record", str(tmp_path / "a.wav"),
-        # Barge-in through the CLI is the point here; the echo canceller's own barge-in is
-        # proven in tests/test_room.py. With it on, after another audio test ran on the
-        # same server, the injected speech sometimes never became a user turn (open, see
-        # the notes of issue 9).
-        "--no-echo-cancellation",
+        "chat", "--sim-tts", "tone", "--script", str(_barge_in_script(tmp_path)),
+        env=_env(**sound_server.env), timeout=90,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"\[conversation \w+\] \[.*, echo cancellation on\b", done.stdout)
+    assert "[you interrupted the agent]" in done.stdout
+    assert "[agent interrupted after]" in done.stdout
+    # "wait, stop please" (espeak-ng or the tone voice) is about 1.2 s long; before the
+    # tap gave the canceller the device's reference and capture times and mixed the
+    # speech into the room's sound, only a fraction of it (or none) got through.
+    assert _spoken_seconds(done.stdout) >= 0.8, done.stdout
+    assert "[the agent ended the call" in done.stdout
+
+
+@pytest.mark.audio
+@pytest.mark.timeout(120)
+def test_voice_chat_with_barge_in_on_headphones(sound_server: Any, tmp_path: Path) -> None:
+    """No echo path (headphones: the microphone never hears the speaker), the canceller
+    off as the CLI advises there: the agent speaks through PulseAudio, /speak interrupts it.
+
+    With the canceller on and no echo at all, WebRTC's AEC3 takes the unknown echo path
+    for a loud one until its own no-echo detector decides (10-15 s of agent speech) and
+    suppresses speech over the agent's (tests/test_echo.py pins that).
+    """
+    done = run_cli(
+        "chat", "--sim-tts", "tone", "--script", str(_barge_in_script(tmp_path)),
+        "--record", str(tmp_path / "a.wav"), "--no-echo-cancellation",
         env=_env(**sound_server.env), timeout=90,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -593,6 +696,7 @@ def test_voice_chat_with_barge_in_on_the_sound_server(sound_server: Any, tmp_pat
     assert re.search(r"\[conversation \w+\] \[.*, echo cancellation off\b", done.stdout)
     assert "[you interrupted the agent]" in done.stdout
     assert "[agent interrupted after]" in done.stdout
+    assert _spoken_seconds(done.stdout) >= 0.8, done.stdout
     assert "[the agent ended the call" in done.stdout
 
 
