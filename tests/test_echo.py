@@ -103,6 +103,38 @@ def test_keeps_near_end_speech_and_barge_in_through_echo() -> None:
     assert db(rms(out[talk]) / max(echo_only, 1.0)) >= 30
 
 
+def test_without_an_echo_path_aec3_cuts_speech_over_the_far_end_until_it_knows() -> None:
+    """Why headphones want the canceller off (issue 9; the CLI's barge-in test): with no
+    echo at all, AEC3 takes the echo path it has not found for a loud one (its default
+    echo path gain) until its own no-echo detector ("transparent mode") decides, after
+    10-15 s of far-end speech, and meanwhile suppresses near-end speech over the far
+    end. Any real echo path, even 40 dB down, lets it converge at once and keep the
+    speech. livekit's AudioProcessingModule exposes no AEC3 setting for this (1.2.1).
+    If this test fails, a later engine handles headphones: drop the advice."""
+    far = as_array(speech_like(20, seed=1))
+    noise = np.random.default_rng(9).standard_normal(len(far)) * 10.0  # a -70 dBFS mic
+    near = as_array(speech_like(1.5, seed=7, amplitude=0.3))
+
+    def kept(at_s: float, echo_db: float | None) -> float:
+        mic = noise.copy()
+        if echo_db is not None:
+            mic += room_echo(far, 120, echo_db)
+        talk = slice(int(at_s * RATE), int(at_s * RATE) + len(near))
+        mic[talk] += near
+        out = run(EchoCanceller(), far, mic)
+        return db(rms(out[talk]) / rms(near))
+
+    early_no_echo, early_faint_echo = kept(4.0, None), kept(4.0, -40.0)
+    late_no_echo = kept(17.0, None)
+    print(
+        f"near-end kept 4 s in: no echo {early_no_echo:.1f} dB, echo -40 dB "
+        f"{early_faint_echo:.1f} dB; 17 s in, no echo {late_no_echo:.1f} dB"
+    )
+    assert early_no_echo < -8.0
+    assert early_faint_echo > -4.0
+    assert late_no_echo > -4.0
+
+
 def test_near_end_alone_passes_nearly_unchanged() -> None:
     near = as_array(speech_like(4, seed=3, amplitude=0.3))
     out = run(EchoCanceller(), np.zeros(len(near)), near)
