@@ -1,7 +1,7 @@
 """Client side of the benchmark: one adapter per library, and the worker entry point.
 
     python benchmarks/clients.py --lib elevenconv|official|floor --scenario NAME --port N \
-        --tag TAG --params '{...}'
+        --tag TAG --params '{...}' [--elevenconv-path TREE]
 
 runs one scenario in this (fresh) process against the benchmark server and prints
 ``RESULT {json}``. The adapters expose the same few operations for every library --
@@ -11,6 +11,11 @@ ready: the conversation id is known), ``send`` (a user message) and ``end`` -- s
 scenario below is written once and runs unchanged against each. ``floor`` is no library:
 the least a correct client does with websocket-client (:class:`FloorConversation`), the
 floor each figure has in this setup.
+
+``--elevenconv-path TREE`` imports ``elevenconv`` from the checkout TREE instead of this
+one (``run.py --baseline``: the previous main, measured with these same scenarios). The
+worker asserts that ``elevenconv.__file__`` is under TREE and reports it in the result;
+Conversation keywords TREE's Conversation does not accept are dropped (and reported).
 
 Measurement points are inside this process: ``output()`` of the audio interface (same
 code for every library), ``time.process_time()`` (CPU of all threads of the process),
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import base64
 import gc
+import inspect
 import json
 import os
 import queue
@@ -73,16 +79,25 @@ class Adapter:
         """The same Conversation call, with the same tool, for both libraries."""
         tools = self.mod.ClientTools()
         tools.register("bench_tool", _bench_tool)
-        return self.mod.Conversation(
-            self.client,
-            AGENT.format(scenario),
-            requires_auth=False,
-            audio_interface=iface,
-            client_tools=tools,
-            user_id=tag,
-            callback_agent_response=on_agent_response,
-            **self.extra_kwargs,
+        kwargs = self.accepted(
+            {
+                "requires_auth": False,
+                "audio_interface": iface,
+                "client_tools": tools,
+                "user_id": tag,
+                "callback_agent_response": on_agent_response,
+                **self.extra_kwargs,
+            }
         )
+        return self.mod.Conversation(self.client, AGENT.format(scenario), **kwargs)
+
+    def accepted(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The keywords this library's Conversation takes (all of them, by default)."""
+        return kwargs
+
+    def info(self) -> dict[str, Any]:
+        """What the worker reports beside the scenario's figures."""
+        return {}
 
     def start(self, conv: Any) -> None:
         raise NotImplementedError
@@ -112,6 +127,25 @@ class ElevenconvAdapter(Adapter):
         self.AudioInterface = elevenconv.AudioInterface
         self.client = elevenconv.ElevenLabsClient(api_key=API_KEY, base_url=self.base_url)
         self.extra_kwargs = {"start_timeout": START_TIMEOUT}
+        # Another tree's Conversation (--elevenconv-path) may lack newer keywords: those
+        # are dropped, so it runs as it did.
+        params = inspect.signature(elevenconv.Conversation).parameters
+        self.takes_any = any(x.kind is inspect.Parameter.VAR_KEYWORD for x in params.values())
+        self.parameters = set(params)
+        self.dropped: set[str] = set()
+
+    def accepted(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if self.takes_any:
+            return kwargs
+        self.dropped.update(k for k in kwargs if k not in self.parameters)
+        return {k: v for k, v in kwargs.items() if k in self.parameters}
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "elevenconv_file": self.mod.__file__,
+            "elevenconv_version": getattr(self.mod, "__version__", "?"),
+            "dropped_kwargs": sorted(self.dropped),
+        }
 
     def start(self, conv: Any) -> None:
         conv.start_session()  # returns once conversation_initiation_metadata arrived
@@ -616,6 +650,26 @@ SCENARIOS: dict[str, Callable[[Adapter, str, dict[str, Any]], dict[str, Any]]] =
 }
 
 
+def import_elevenconv(tree: Path) -> Any:
+    """Import ``elevenconv`` from the checkout ``tree`` (not from this one, which is first
+    on sys.path), and check that it really came from there. ``tree`` leaves sys.path
+    again afterwards: the package's own later imports go by its ``__path__``, and
+    ``tests.fixtures_sound`` (barge-in) must still come from this tree."""
+    tree = tree.resolve()
+    if not (tree / "elevenconv" / "__init__.py").is_file():
+        raise SystemExit(f"--elevenconv-path {tree}: no elevenconv package there")
+    if "elevenconv" in sys.modules:
+        raise RuntimeError("elevenconv was imported before --elevenconv-path applied")
+    sys.path.insert(0, str(tree))
+    try:
+        import elevenconv
+    finally:
+        sys.path.remove(str(tree))  # the first occurrence: the one inserted above
+    where = Path(elevenconv.__file__ or "").resolve()
+    assert where.is_relative_to(tree), f"elevenconv imported from {where}, not under {tree}"
+    return elevenconv
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Run one benchmark scenario in this process.")
     parser.add_argument("--lib", choices=sorted(ADAPTERS), required=True)
@@ -623,13 +677,21 @@ def main() -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--tag", default="bench")
     parser.add_argument("--params", default="{}")
+    parser.add_argument(
+        "--elevenconv-path",
+        type=Path,
+        help="the checkout whose elevenconv package to import (default: this one's)",
+    )
     args = parser.parse_args()
     import logging
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
+        if args.elevenconv_path is not None:
+            import_elevenconv(args.elevenconv_path)
         adapter = ADAPTERS[args.lib](args.port)
         result = SCENARIOS[args.scenario](adapter, args.tag, json.loads(args.params))
+        result.update(adapter.info())
     except BaseException:
         traceback.print_exc()
         sys.stderr.flush()

@@ -3,6 +3,7 @@ AgentSimulator.
 
     python benchmarks/run.py            # the full run (about 8 minutes on 2 cores)
     python benchmarks/run.py --quick    # a smoke run (CI): tiny sizes, same code paths
+    python benchmarks/run.py --baseline /tmp/oldmain   # + another checkout's elevenconv
 
 One server process (``benchmarks/server.py``) serves every scenario; each measurement
 runs in a fresh client process (``benchmarks/clients.py``) for one library, and the
@@ -15,6 +16,13 @@ ratios elevenconv / official and elevenconv / floor, target, verdict; targets an
 verdicts compare with the official SDK) and writes ``benchmarks/results/bench-<date>.json``
 and ``benchmarks/results/latest.json`` (``--quick``: ``quick-latest.json`` only) with the
 configuration, the environment and every sample.
+
+``--baseline TREE`` adds a fourth column, ``baseline``: the elevenconv package of another
+checkout (``git worktree add /tmp/oldmain <commit>``), run by this tree's
+``clients.py`` (``--elevenconv-path TREE``: same scenarios, same measurement points;
+keywords TREE's Conversation lacks are dropped) in the same interleaved rounds, in every
+scenario; the table gains ``baseline`` and ``elevenconv / baseline``, the JSON the tree's
+path and commit.
 
 The barge-in figure needs the PulseAudio test stack (``scripts/sound-server``): an
 already exported one is used, otherwise one is started in a private directory and
@@ -45,7 +53,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 LIBS = ("official", "elevenconv", "floor")
-LABEL = {"official": "official SDK", "elevenconv": "elevenconv", "floor": "floor"}
+#: Another checkout's elevenconv (--baseline): a fourth library, after the others.
+BASELINE = "baseline"
+LABEL = {
+    "official": "official SDK",
+    "elevenconv": "elevenconv",
+    "floor": "floor",
+    BASELINE: "baseline",
+}
 #: Scenarios the floor client has no part in (it has no audio device).
 NO_FLOOR = ("bargein",)
 
@@ -100,7 +115,8 @@ def median(values: Sequence[float]) -> float:
 def round_order(libs: Sequence[str], rnd: int) -> tuple[str, ...]:
     """Round ``rnd``'s library order: rotated by ``rnd // 2``, reversed on odd rounds.
     Three libraries: ABC, CBA, BCA, ACB, CAB, BAC (every order once in 6 rounds; in every
-    pair of rounds each library's mean place is the middle). Two: AB, BA, BA, AB."""
+    pair of rounds each library's mean place is the middle). Two: AB, BA, BA, AB. Four
+    (--baseline): ABCD, DCBA, BCDA, ADCB, ... (the same: mean place in a pair, middle)."""
     k = (rnd // 2) % len(libs) if libs else 0
     order = tuple(libs[k:]) + tuple(libs[:k])
     return tuple(reversed(order)) if rnd % 2 else order
@@ -173,7 +189,10 @@ def run_worker(
     params: dict[str, Any],
     env: dict[str, str],
     timeout: float,
+    elevenconv_tree: Path | None = None,
 ) -> dict[str, Any]:
+    """One measurement in a fresh client process. ``lib`` is an adapter of clients.py;
+    ``elevenconv_tree``: the checkout whose elevenconv it imports (checked there)."""
     cmd = [
         python,
         str(HERE / "clients.py"),
@@ -188,10 +207,17 @@ def run_worker(
         "--params",
         json.dumps(params),
     ]
+    if elevenconv_tree is not None:
+        cmd += ["--elevenconv-path", str(elevenconv_tree)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return dict(json.loads(line[len("RESULT ") :]))
+            res = dict(json.loads(line[len("RESULT ") :]))
+            if elevenconv_tree is not None:
+                where = Path(res["elevenconv_file"]).resolve()
+                if not where.is_relative_to(elevenconv_tree.resolve()):
+                    raise RuntimeError(f"{tag}: elevenconv from {where}, not {elevenconv_tree}")
+            return res
     raise RuntimeError(f"{lib} {scenario} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
@@ -401,12 +427,22 @@ def _ratio(ours: dict[str, float] | None, other: dict[str, float] | None, fig: F
     return f"{ours[k] / other[k]:.2f}x" if other[k] else "-"
 
 
-def render_table(summary: dict[str, Any], extra: dict[str, Any]) -> str:
-    rows = [
-        "| figure | official SDK | elevenconv | floor | elevenconv / official (p99; value) "
-        "| elevenconv / floor | target | met |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+def render_table(summary: dict[str, Any], extra: dict[str, Any], baseline: bool = False) -> str:
+    """The markdown table; ``baseline``: with the ``baseline`` and ``elevenconv /
+    baseline`` columns (--baseline), otherwise exactly the three-library table."""
+    if baseline:
+        rows = [
+            "| figure | official SDK | elevenconv | floor | baseline "
+            "| elevenconv / official (p99; value) | elevenconv / floor "
+            "| elevenconv / baseline | target | met |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+    else:
+        rows = [
+            "| figure | official SDK | elevenconv | floor | elevenconv / official (p99; value) "
+            "| elevenconv / floor | target | met |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
     for fig in FIGURES:
         entry = summary.get(fig.key)
         if entry is None:
@@ -426,15 +462,24 @@ def render_table(summary: dict[str, Any], extra: dict[str, Any]) -> str:
             title += f" for {extra['pong_block_s']:g} s"
         met = entry.get("met")
         verdict = "-" if met is None else ("yes" if met else "**no**")
-        rows.append(
-            f"| {title} | {_cell(off, fig, fig.unit)} | {_cell(ours, fig, fig.unit)} | "
-            f"{floor_cell} | {_ratio(ours, off, fig)} | {_ratio(ours, floor, fig)} | "
-            f"{fig.target} | {verdict} |"
-        )
+        if baseline:
+            base = entry.get(BASELINE)
+            rows.append(
+                f"| {title} | {_cell(off, fig, fig.unit)} | {_cell(ours, fig, fig.unit)} | "
+                f"{floor_cell} | {_cell(base, fig, fig.unit)} | {_ratio(ours, off, fig)} | "
+                f"{_ratio(ours, floor, fig)} | {_ratio(ours, base, fig)} | "
+                f"{fig.target} | {verdict} |"
+            )
+        else:
+            rows.append(
+                f"| {title} | {_cell(off, fig, fig.unit)} | {_cell(ours, fig, fig.unit)} | "
+                f"{floor_cell} | {_ratio(ours, off, fig)} | {_ratio(ours, floor, fig)} | "
+                f"{fig.target} | {verdict} |"
+            )
         if fig.key == "concurrent":
             conc = extra.get("concurrent", {})
             cells = []
-            for lib in LIBS:
+            for lib in (*LIBS, BASELINE) if baseline else LIBS:
                 c = conc.get(lib)
                 cells.append(
                     f"{c['threads']} threads, {c['rss_mb']:.0f} MB RSS, CPU {c['cpu_s']:.1f} s"
@@ -442,8 +487,9 @@ def render_table(summary: dict[str, Any], extra: dict[str, Any]) -> str:
                     else "not measured"
                 )
             rows.append(
-                f"| ... same run: threads, RSS, CPU | {cells[0]} | {cells[1]} | {cells[2]} "
-                "| | | reported | - |"
+                "| ... same run: threads, RSS, CPU | "
+                + " | ".join(cells)
+                + (" | | | | reported | - |" if baseline else " | | | reported | - |")
             )
     return "\n".join(rows)
 
@@ -463,17 +509,33 @@ def versions() -> dict[str, str]:
     return out
 
 
-def git_commit() -> str:
+def git_commit(tree: Path = ROOT) -> str:
     try:
         return subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
-            cwd=ROOT,
+            cwd=tree,
             timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+def git_changes(tree: Path, under: str = "elevenconv") -> list[str]:
+    """Uncommitted changes to the package in ``tree`` (``git status --porcelain``): the
+    commit alone does not say what was measured if there are any."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--", under],
+            capture_output=True,
+            text=True,
+            cwd=tree,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line for line in out.splitlines() if line.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -486,7 +548,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=sys.executable,
         help="interpreter with the elevenlabs package (default: this one)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="TREE",
+        help="another checkout (e.g. a git worktree of the previous main): its elevenconv "
+        "is measured beside this one's, in the same rounds, as the column 'baseline'",
+    )
     args = parser.parse_args(argv)
+    baseline: Path | None = args.baseline.resolve() if args.baseline else None
+    if baseline is not None and not (baseline / "elevenconv" / "__init__.py").is_file():
+        print(f"--baseline {baseline}: no elevenconv package there", file=sys.stderr)
+        return 2
     plan = QUICK if args.quick else FULL
     only = [s for s in args.only.split(",") if s]
     if only:
@@ -496,7 +569,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "elevenconv": sys.executable,
         "official": args.official_python,
         "floor": sys.executable,
+        BASELINE: sys.executable,
     }
+    # The clients.py adapter and the checkout its elevenconv comes from, per library.
+    adapter = {lib: lib for lib in LIBS} | {BASELINE: "elevenconv"}
+    tree: dict[str, Path | None] = dict.fromkeys(LIBS) | {BASELINE: baseline}
+    tree["elevenconv"] = ROOT
     notes: list[str] = []
     probe = subprocess.run(
         [python["official"], "-c", "import elevenlabs.conversational_ai.conversation"],
@@ -515,9 +593,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         notes.append(
             "official SDK (elevenlabs) not installed: elevenconv measured alone, beside the floor"
         )
+    baseline_info: dict[str, Any] | None = None
+    if baseline is not None:
+        libs += (BASELINE,)
+        baseline_info = {
+            "tree": str(baseline),
+            "git_commit": git_commit(baseline),
+            "uncommitted": git_changes(baseline),
+        }
+        notes.append(
+            f"baseline: the elevenconv of {baseline} at {baseline_info['git_commit'] or '?'}"
+            + (" (with uncommitted changes)" if baseline_info["uncommitted"] else "")
+            + ", run by this tree's benchmarks/clients.py"
+        )
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1")
     started = time.time()
+    # Recorded at the start: the tree may get commits while the run goes on.
+    commit, uncommitted = git_commit(), git_changes(ROOT)
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     server = Server(sys.executable, env)
     print(f"benchmark server on port {server.port}; libraries: {', '.join(libs)}", flush=True)
@@ -541,13 +634,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         t0 = time.monotonic()
                         res = run_worker(
                             python[lib],
-                            lib,
+                            adapter[lib],
                             worker_scenario,
                             server.port,
                             f"{lib}:{scenario}:{rnd}",
                             spec["params"],
                             wenv,
                             timeout=600,
+                            elevenconv_tree=tree[lib],
                         )
                         results[scenario][lib].append(res)
                         print(
@@ -594,7 +688,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             for lib in results["bargein"]
         }
 
-    table = render_table(summary, extra)
+    if baseline is not None:
+        dropped = {
+            lib: sorted(
+                {
+                    k
+                    for rs in results.values()
+                    for r in rs.get(lib, ())
+                    for k in r.get("dropped_kwargs", ())
+                }
+            )
+            for lib in ("elevenconv", BASELINE)
+        }
+        extra["dropped_kwargs"] = dropped
+        if dropped[BASELINE]:
+            notes.append(
+                "baseline: Conversation keywords it does not take were dropped: "
+                + ", ".join(dropped[BASELINE])
+            )
+    table = render_table(summary, extra, baseline=baseline is not None)
     print()
     print(table)
     for note in notes:
@@ -613,7 +725,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "processor": platform.processor() or platform.machine(),
         },
         "versions": versions(),
-        "git_commit": git_commit(),
+        "git_commit": commit,
+        "uncommitted": uncommitted,
+        "baseline": baseline_info,
         "plan": plan,
         "notes": notes,
         "summary": summary,
