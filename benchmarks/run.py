@@ -501,11 +501,14 @@ def render_table(summary: dict[str, Any], extra: dict[str, Any], baseline: bool 
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for dist in ("elevenconv", "elevenlabs", "websockets", "websocket-client", "pyee"):
+    for dist in ("elevenlabs", "websockets", "websocket-client", "pyee"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             out[dist] = "not installed"
+    # The tree under test, not the installed metadata (an editable install's may be stale).
+    version_file = ROOT / "elevenconv" / "_version.py"
+    out["elevenconv"] = version_file.read_text().split("=")[-1].strip().strip("\"'")
     return out
 
 
