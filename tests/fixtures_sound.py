@@ -12,6 +12,11 @@
 * :class:`EchoPath` (and the ``echo_path`` fixture) turns the two sinks into a room: a
   ``module-loopback`` from ``elevenconv_speaker.monitor`` into ``elevenconv_mic`` with a
   delay and a lowered level, so what an app plays comes back into its microphone.
+  The fixture also watches the server (:class:`ForeignStreams`): audio that another run
+  on the same server plays during a room test is sound the echo canceller has no
+  reference for (measured: echo rms 267-637 instead of < 3); such a test fails saying so.
+* When pytest starts the server itself, it does so in a private directory (a fresh
+  ``ELEVENCONV_SOUND_DIR``), never in the shared default one, and stops it at the end.
 * Small signal helpers: :func:`tone`, :func:`chirp`, :func:`rms`,
   :func:`dominant_frequency`, :func:`envelope`, :func:`speech_like`.
 
@@ -111,14 +116,26 @@ def sound_server() -> Iterator[SoundServer]:
         return
     if not SCRIPT.exists():
         _unavailable(f"{SCRIPT} not found")
+    # A directory of our own unless one was chosen: the default one is shared by every run
+    # of this user on the machine, and another run's audio in our room is echo we cannot
+    # cancel (and its `stop` would end our server mid-run).
+    script_env = dict(os.environ)
+    if not script_env.get("ELEVENCONV_SOUND_DIR"):
+        script_env["ELEVENCONV_SOUND_DIR"] = tempfile.mkdtemp(prefix="elevenconv-sound-")
     # Already running for someone else in the same directory? Then do not stop it after.
     already = (
-        subprocess.run(["bash", str(SCRIPT), "status"], capture_output=True, timeout=30).returncode
+        subprocess.run(
+            ["bash", str(SCRIPT), "status"], capture_output=True, timeout=30, env=script_env
+        ).returncode
         == 0
     )
     try:
         proc = subprocess.run(
-            ["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=60
+            ["bash", str(SCRIPT), "start"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=script_env,
         )
     except (subprocess.SubprocessError, OSError) as exc:
         _unavailable(f"scripts/sound-server start failed: {exc}")
@@ -139,7 +156,9 @@ def sound_server() -> Iterator[SoundServer]:
             else:
                 os.environ[key] = value
         if not already:
-            subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, timeout=30)
+            subprocess.run(
+                ["bash", str(SCRIPT), "stop"], capture_output=True, timeout=30, env=script_env
+            )
 
 
 # -- a room: the speaker heard by the microphone -------------------------------------------
@@ -171,6 +190,11 @@ class EchoPath:
         self.sink = mic_sink or os.environ.get("ELEVENCONV_TEST_MIC_SINK", "elevenconv_mic")
         self.module: str | None = None
 
+    #: Modules loaded by EchoPaths of this process (their streams are ours); ``lock`` is
+    #: held from loading one until it is in ``loaded``, so a watcher never mistakes it.
+    loaded: set[str] = set()
+    lock = threading.Lock()
+
     @staticmethod
     def _pactl(*args: str) -> str:
         return subprocess.run(
@@ -178,16 +202,18 @@ class EchoPath:
         ).stdout
 
     def __enter__(self) -> EchoPath:
-        self.module = self._pactl(
-            "load-module",
-            "module-loopback",
-            f"source={self.source}",
-            f"sink={self.sink}",
-            f"latency_msec={self.latency_ms}",
-            "source_dont_move=true",
-            "sink_dont_move=true",
-            "remix=false",
-        ).strip()
+        with EchoPath.lock:
+            self.module = self._pactl(
+                "load-module",
+                "module-loopback",
+                f"source={self.source}",
+                f"sink={self.sink}",
+                f"latency_msec={self.latency_ms}",
+                "source_dont_move=true",
+                "sink_dont_move=true",
+                "remix=false",
+            ).strip()
+            EchoPath.loaded.add(self.module)
         try:
             inputs = json.loads(self._pactl("-f", "json", "list", "sink-inputs"))
             index = next(str(i["index"]) for i in inputs if str(i["owner_module"]) == self.module)
@@ -214,15 +240,121 @@ def echo_path(sound_server: SoundServer) -> Iterator[Callable[..., EchoPath]]:
     Every path made is unloaded when the test ends.
     """
     made: list[EchoPath] = []
+    with ForeignStreams() as foreign:
+        if foreign.found:
+            pytest.fail(foreign.explain("before the test"), pytrace=False)
 
-    def make(latency_ms: int = 120, gain_db: float = -9.0) -> EchoPath:
-        path = EchoPath(latency_ms, gain_db).__enter__()
-        made.append(path)
-        return path
+        def make(latency_ms: int = 120, gain_db: float = -9.0) -> EchoPath:
+            path = EchoPath(latency_ms, gain_db).__enter__()
+            made.append(path)
+            return path
 
-    yield make
-    for path in made:
-        path.close()
+        try:
+            yield make
+        finally:
+            for path in made:
+                path.close()
+    if foreign.found:
+        pytest.fail(foreign.explain("during the test"), pytrace=False)
+
+
+def _is_ours(pid: int) -> bool:
+    """Whether ``pid`` is this process or one of its descendants (the CLI, pacat)."""
+    me = os.getpid()
+    for _ in range(64):
+        if pid == me:
+            return True
+        if pid <= 1:
+            return False
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rpartition(")")[2].split()[1])  # the field after the name: ppid
+    return False
+
+
+class ForeignStreams:
+    """Watch the test server for playback streams that are not this test's.
+
+    ``with ForeignStreams() as w: ...``; :attr:`found` lists (at entry and whenever a
+    stream appears; ``pactl subscribe`` on a thread) every sink input that neither this
+    process (or a child: the CLI, pacat) nor one of our :class:`EchoPath` loopbacks owns:
+    another run sharing the server, whose audio lands in our room.
+    """
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+        self._seen: set[str] = set()
+        self._proc: subprocess.Popen[str] | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> ForeignStreams:
+        self._proc = subprocess.Popen(
+            ["pactl", "subscribe"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        self._thread = threading.Thread(target=self._read, name="test-foreign-streams")
+        self._thread.start()
+        self.check()
+        return self
+
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            if "'new' on sink-input" in line:
+                self.check()
+
+    def check(self) -> None:
+        """Look at the sink inputs now; note the foreign ones."""
+        try:
+            out = subprocess.run(
+                ["pactl", "-f", "json", "list", "sink-inputs"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout
+            inputs = json.loads(out or "[]")
+        except (subprocess.SubprocessError, OSError, ValueError):
+            return
+        for item in inputs:
+            props = item.get("properties", {})
+            module = str(item.get("owner_module"))
+            pid_text = props.get("application.process.id")
+            if item.get("client") in (None, "", -1):  # a module's stream (a loopback)
+                with EchoPath.lock:
+                    ours = module in EchoPath.loaded
+            else:
+                ours = pid_text is not None and _is_ours(int(pid_text))
+            key = str(item.get("index"))
+            with self._lock:
+                if ours or key in self._seen:
+                    continue
+                self._seen.add(key)
+                name = props.get("application.name") or props.get("media.name") or "?"
+                self.found.append(f"sink-input #{key} ({name}, pid {pid_text}, module {module})")
+
+    def explain(self, when: str) -> str:
+        return (
+            f"another client played into the test sound server {when}: "
+            f"{'; '.join(self.found)}. Its audio is echo without a reference: run with a "
+            "private server (export ELEVENCONV_SOUND_DIR=$(mktemp -d), then "
+            "scripts/sound-server start)"
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(10)
+        if self._thread is not None:
+            self._thread.join(10)
+        if self._proc is not None and self._proc.stdout is not None:
+            self._proc.stdout.close()
 
 
 # -- playing into the microphone bus -------------------------------------------------------
