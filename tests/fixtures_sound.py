@@ -274,6 +274,22 @@ def _is_ours(pid: int) -> bool:
     return False
 
 
+def _stop_piped(proc: subprocess.Popen[Any] | None, reader: threading.Thread | None) -> None:
+    """Stop a child whose stdout a thread reads (terminate, then kill), join that thread
+    and close the pipe. Idempotent."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    if reader is not None:
+        reader.join(10)
+    if proc is not None and proc.stdout is not None:
+        proc.stdout.close()
+
+
 class ForeignStreams:
     """Watch the test server for playback streams that are not this test's.
 
@@ -344,17 +360,7 @@ class ForeignStreams:
         )
 
     def __exit__(self, *exc: object) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(10)
-        if self._thread is not None:
-            self._thread.join(10)
-        if self._proc is not None and self._proc.stdout is not None:
-            self._proc.stdout.close()
+        _stop_piped(self._proc, self._thread)
 
 
 # -- playing into the microphone bus -------------------------------------------------------
@@ -491,17 +497,7 @@ class SpeakerCapture:
 
     def stop(self) -> None:
         """Stop recording (idempotent); the data stays available."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(10)
-        if self._thread is not None:
-            self._thread.join(10)
-        if self._proc is not None and self._proc.stdout is not None:
-            self._proc.stdout.close()
+        _stop_piped(self._proc, self._thread)
 
     # -- waiting ----------------------------------------------------------------------
 

@@ -114,17 +114,21 @@ class StallFake(FakeWebSocket):
         super().abort()
 
 
+def _assert_stall_ends_the_session(conv: Conversation, fake: StallFake, events: EventLog) -> None:
+    assert fake.stuck.wait(scaled(5))
+    events.wait_for("session_ended", timeout=5)
+    ((_, code, reason),) = events.of("session_ended")
+    assert code == 1011 and "no progress" in reason
+    conv.end_session()
+
+
 def test_a_send_that_makes_no_progress_ends_the_session() -> None:
     fake = StallFake()
     conv = Conversation(agent_id="a", requires_auth=False, websocket_factory=fake, send_timeout=0.3)
     events = EventLog(conv)
     conv.start_session()
     conv.send_user_message("into the void")
-    assert fake.stuck.wait(scaled(5))
-    events.wait_for("session_ended", timeout=5)
-    ((_, code, reason),) = events.of("session_ended")
-    assert code == 1011 and "no progress" in reason
-    conv.end_session()
+    _assert_stall_ends_the_session(conv, fake, events)
 
 
 def _wakeups(thread: threading.Thread) -> int:
@@ -155,11 +159,7 @@ def test_an_idle_session_keepalive_sleeps_until_a_send_wakes_it() -> None:
     assert not conv._ended.wait(1.0)  # a negative: one quiet second
     assert _wakeups(keepalive) - before <= 2, "the keepalive woke up while nothing happened"
     conv.send_user_message("into the void")
-    assert fake.stuck.wait(scaled(5))
-    events.wait_for("session_ended", timeout=5)
-    ((_, code, reason),) = events.of("session_ended")
-    assert code == 1011 and "no progress" in reason
-    conv.end_session()
+    _assert_stall_ends_the_session(conv, fake, events)
 
 
 # -- cancellable start ----------------------------------------------------------------------
