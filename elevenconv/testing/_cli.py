@@ -42,8 +42,8 @@ import json
 import logging
 import re
 import signal
+import socket
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -311,14 +311,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         print(f"elevenconv simulate: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        logger.info("signal %d: stopping the simulator", signum)
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with _StopSignals(signal.SIGINT, signal.SIGTERM) as stop:
         try:
             sim.start()
         except OSError as exc:
@@ -329,11 +322,52 @@ def run_simulate(args: argparse.Namespace) -> int:
             )
             return EXIT_USAGE
         _banner(sim, args, DEFAULT_AGENT_ID)
-        stop.wait()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        signum = stop.wait()
+        logger.info("signal %d: stopping the simulator", signum)
     return _shutdown(sim, args)
+
+
+class _StopSignals:
+    """Wait in the main thread until one of ``signals`` arrives; restore the old handlers.
+
+    The wait is on :func:`signal.set_wakeup_fd`'s socket, which the C-level handler
+    writes to in whichever thread the kernel chose. A Python handler setting an Event
+    is not enough: it runs only in the main thread, at its next bytecode, so a signal
+    taken by another thread (or arriving just as the main thread starts to block) left
+    the main thread waiting forever -- a simulator that ignored SIGINT and SIGTERM.
+    """
+
+    def __init__(self, *signals: signal.Signals) -> None:
+        self._signals = signals
+        self._previous: dict[signal.Signals, Any] = {}
+        self._old_fd = -1
+        self._reader, self._writer = socket.socketpair()
+        self._writer.setblocking(False)  # the C handler must never block
+
+    def __enter__(self) -> _StopSignals:
+        self._old_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        for signum in self._signals:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+        return self
+
+    @staticmethod
+    def _on_signal(_signum: int, _frame: FrameType | None) -> None:
+        pass  # replaces KeyboardInterrupt; the wake-up socket carries the signal to wait()
+
+    def wait(self) -> int:
+        """Block until a signal arrives; return its number."""
+        while True:
+            data = self._reader.recv(64)
+            for byte in data:
+                if byte in self._signals:
+                    return byte
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(self._old_fd)
+        self._reader.close()
+        self._writer.close()
 
 
 def _banner(sim: Any, args: argparse.Namespace, default_agent: str) -> None:

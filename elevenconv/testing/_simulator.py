@@ -65,6 +65,7 @@ import json
 import logging
 import re
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -1124,11 +1125,17 @@ def _describe(match: MessageMatch) -> str:
 
 
 def serve_forever(port: int = 8765, host: str = "127.0.0.1", **options: Any) -> None:
-    """Run a simulator until Ctrl-C (for ``elevenconv simulate --port N``).
+    """Run a simulator in the main thread until SIGINT (Ctrl-C) or SIGTERM.
 
     ``options`` are :class:`AgentSimulator` keyword arguments. Prints where it listens.
+    ``elevenconv simulate`` is the same with options, a banner and ``--record``.
     """
-    with AgentSimulator(host=host, port=port, **options) as sim:
+    from elevenconv.testing._cli import _StopSignals
+
+    with (
+        _StopSignals(signal.SIGINT, signal.SIGTERM) as stop,
+        AgentSimulator(host=host, port=port, **options) as sim,
+    ):
         print(
             f"elevenconv agent simulator on {sim.base_url}\n"
             f"  agent id: {DEFAULT_AGENT_ID}   api key: {sim.api_key}\n"
@@ -1136,10 +1143,7 @@ def serve_forever(port: int = 8765, host: str = "127.0.0.1", **options: Any) -> 
             "  Ctrl-C to stop",
             flush=True,
         )
-        try:
-            sim.serve_forever()
-        except KeyboardInterrupt:
-            pass
+        stop.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

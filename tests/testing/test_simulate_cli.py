@@ -225,6 +225,44 @@ def test_script_file_and_sigint(tmp_path: Path) -> None:
     assert token not in record.read_text()
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc tasks")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_taken_by_another_thread_still_stops_it(signum: int) -> None:
+    # The kernel gives a process's signal to any thread that does not block it. The old
+    # code waited on an Event its Python handler set, and that handler runs only in the
+    # main thread at its next bytecode: a signal taken by the server thread (or landing
+    # as the main thread began to block) was never seen, and `simulate` ran on (CI saw
+    # it hang 30 s after SIGINT). kill() aimed at a non-main thread's id makes that
+    # thread take the signal, every time.
+    with simulate(*FAST) as sim:
+        sim.wait_ready()
+        assert _signal_another_thread(sim.proc, signum) == 0, sim.stderr()
+
+
+def _signal_another_thread(proc: subprocess.Popen[str], signum: int) -> int:
+    others = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid]
+    assert others, "the simulator runs a server thread"
+    os.kill(others[0], signum)
+    try:
+        return proc.wait(scaled(15))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"signal {signum} taken by thread {others[0]} did not stop the simulator")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc tasks")
+def test_serve_forever_stops_on_a_signal_another_thread_took() -> None:
+    code = "from elevenconv.testing._simulator import serve_forever; serve_forever(port=0)"
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert "simulator on http://" in proc.stdout.readline()
+            assert _signal_another_thread(proc, signal.SIGINT) == 0
+        finally:
+            proc.kill()
+
+
 def test_fail_on_violations_exit_status(tmp_path: Path) -> None:
     with simulate("--fail-on-violations", *FAST) as sim:
         base = sim.wait_ready()
