@@ -30,8 +30,10 @@ PlaybackCallback = Callable[[bool], None]
 
 #: ``callback(pcm, played_at)``: ``pcm`` (PCM16 mono 16 kHz) is exactly what the speaker
 #: plays, after gain and including silence, and ``played_at`` the ``time.monotonic()``
-#: instant its first sample is heard. The echo canceller's reference. Called from the
-#: device's thread (a PortAudio callback); it must return at once.
+#: instant its first sample is heard. The echo canceller's reference. Any thread; it
+#: returns at once. Deliver each stretch no later than the microphone chunk that holds
+#: its echo (DefaultAudioInterface records it in its output callback and delivers it on
+#: its ``elevenconv-mic`` thread just before each microphone chunk).
 PlaybackReferenceCallback = Callable[[bytes, float], None]
 
 
@@ -91,7 +93,9 @@ class AudioInterface(ABC):
 
         Return ``True`` if the interface will call it, for everything it plays from then
         on. The default returns ``False``: the echo canceller then uses the audio handed
-        to :meth:`output` as its reference, timed by the Conversation (less exact).
+        to :meth:`output` as its reference, timed by the Conversation as if it played back
+        to back from the moment it was handed over (less exact), and forgets the part not
+        yet played when :meth:`interrupt` is called.
         """
         return False
 

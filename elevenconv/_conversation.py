@@ -6,10 +6,12 @@ Thread model (one screen)::
 
     [reader]  connect -> initiation message -> recv() -> protocol -> route:
                  |-pong, tool results ---------> Outbox.control -.
-                 |-agent audio -> voice pipeline ([audio] thread -> AudioInterface)
+                 |-agent audio -> voice pipeline: audio_q -> [audio] -> decode, gain ->
+                 |                AudioInterface.output()  (played audio = echo reference)
                  |-user-facing events -> events_q -> [events] -> handlers, one by one
                  '-client_tool_call -> ClientTools pool -result-> Outbox.control
-    AudioInterface mic -> voice pipeline -> Outbox.mic (real time: dropped when late)
+    mic (device thread) -> voice pipeline: ring -> [capture] -> echo canceller ->
+                 mute / echo guard -> encoder -> Outbox.mic (real time: dropped when late)
     Outbox -> [writer] -> socket          control first, then microphone audio
     [keepalive] pings a quiet link, ends a dead one (1011), bounds stalled sends and
                 the close handshake
@@ -17,17 +19,24 @@ Thread model (one screen)::
 * ``elevenconv-reader-N`` owns the socket's receive side. It decodes, updates protocol
   state, answers pings and routes. It never runs user code and never blocks on a queue,
   so a slow handler cannot delay a pong or a barge-in.
-* ``elevenconv-writer-N`` is the single write path, fed by the :class:`Outbox`.
-* ``elevenconv-events-N`` runs every event handler and callback, in order.
+* ``elevenconv-writer-N`` is the single write path, fed by the :class:`Outbox`
+  (control: ``CONTROL_MAX_ITEMS`` / ``CONTROL_MAX_BYTES``; microphone: ``max_mic_lag``).
+* ``elevenconv-events-N`` runs every event handler and callback, in order
+  (``events_q``: ``EVENTS_QUEUE_SIZE`` events / ``EVENTS_QUEUE_BYTES``; beyond, dropped).
 * ``elevenconv-keepalive-N`` owns the deadlines: ping interval, ping timeout, send
   timeout and close timeout (``Event.wait`` until the next one; no polling).
-* voice threads (``elevenconv-audio-N``...) belong to the voice pipeline.
+* ``elevenconv-audio-N`` and ``elevenconv-capture-N`` (voice mode) belong to the voice
+  pipeline (:mod:`elevenconv._voice`, whose docstring draws both chains); the device's
+  own threads (PortAudio's, ``elevenconv-mic`` of DefaultAudioInterface) belong to it.
 
 Stop has one path: the reader's exit (server close, network loss, an abort by the
-keepalive or by ``end_session()``) runs :meth:`Conversation._finish`, which stops the
-other threads with sentinels. ``end_session()`` only queues the close frame, stops
-handlers and audio, and returns; :meth:`Conversation.wait_for_session_end` is the
-barrier that waits for every thread.
+keepalive or by ``end_session()``) runs :meth:`Conversation._finish`, which closes the
+Outbox, stops the voice pipeline (a sentinel for audio, a flag and a notify for
+capture), joins audio, capture and writer within ``close_timeout`` (+ the 5 s drain when
+the agent ended the call) + 1 s, then puts the events thread's sentinel and wakes the
+keepalive. ``end_session()`` only queues the close frame, stops handlers and audio, and
+returns; :meth:`Conversation.wait_for_session_end` is the barrier that waits for every
+thread.
 """
 
 from __future__ import annotations
@@ -253,6 +262,55 @@ class Conversation(EventEmitter):
     handlers already running finish on their own thread; the queued backlog is
     discarded (``stats["discarded_events"]``). :meth:`wait_for_session_end` waits until
     every library thread, the handlers' included, has exited.
+
+    Args:
+        client: an :class:`ElevenLabsClient` (or the official SDK's client) for signed
+            URLs; ``None`` builds one from ``ELEVENLABS_API_KEY`` / ``ELEVENLABS_BASE_URL``.
+        agent_id: the agent to talk to.
+        requires_auth: ``True`` for a private agent (a signed URL is fetched first).
+        audio_interface: voice mode: the microphone and speaker (e.g.
+            :class:`DefaultAudioInterface`); ``None`` for a text-only conversation.
+        config: overrides, dynamic variables and the user id sent when the session starts.
+        client_tools: tools the agent may call; may be shared by conversations.
+        user_id: shorthand for ``config.user_id``.
+        websocket_factory: ``factory(url, headers)`` returning a connected socket
+            (tests, custom transports); default: websocket-client.
+        text_only: the initiation flag; ``None`` = ``True`` exactly when there is no
+            ``audio_interface``.
+        callback_agent_response: ``callback(text)``: the official SDKs' callbacks (this
+            one and the seven below) run on the events thread like handlers.
+        callback_agent_response_correction: ``callback(original, corrected)``.
+        callback_user_transcript: ``callback(text)``.
+        callback_latency_measurement: ``callback(ms)``.
+        callback_message_received: ``callback(message)``: every server message, raw.
+        callback_agent_chat_response_part: ``callback(text, kind)``.
+        callback_audio_alignment: ``callback(alignment)``.
+        callback_end_session: ``callback()``, once, when the session has ended.
+        environment: the agent environment for the URL (``None``: the default one).
+        start_timeout: seconds for connecting and for the agent's metadata.
+        close_timeout: seconds for the close handshake at the end.
+        send_timeout: seconds a user send waits for room in the control queue, and a
+            write may make no progress before the link is declared dead (1011).
+        ping_interval: seconds of quiet after which the link is pinged (``None``: never).
+        ping_timeout: seconds a ping may go unanswered before the link is declared
+            dead (1011; ``None``: never).
+        max_mic_lag: microphone audio older than this (seconds) when its turn to be
+            sent comes is dropped.
+        on_mcp_tool_approval_request: ``callback(event) -> bool`` answering MCP tool
+            calls that await approval (one that raises refuses); ``None``: answer them
+            with :meth:`send_mcp_tool_approval`.
+        echo_cancellation: voice mode: ``None`` = on when the audio interface has an
+            acoustic path and the ``audio`` extra (livekit) is installed, INFO log saying
+            which; ``True`` = required (:class:`ImportError` naming the extra when
+            missing); ``False`` = off (headphones).
+        noise_suppression: voice mode: WebRTC noise suppression (needs the ``audio``
+            extra too).
+        echo_guard: half-duplex fallback: send silence while the agent speaks (you
+            cannot barge in then).
+        echo_guard_tail_s: seconds of silence after the agent stops, with ``echo_guard``.
+        transport_options: keyword arguments for the default transport
+            (``sslopt``, ``max_frame_size``, ``http_proxy_host``, ... of
+            ``websocket.create_connection``).
     """
 
     def __init__(

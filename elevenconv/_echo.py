@@ -24,8 +24,12 @@ back in step by their timestamps, all on the ``time.monotonic()`` clock:
   rest (the room, the device buffers: up to about half a second).
 
 Memory is bounded: at most :attr:`MAX_PENDING` reference chunks wait for the capture
-thread, and at most ``max_reference_s`` of reference audio is kept. The engine costs
-about 0.2 ms of CPU per 10 ms frame on a small VM (see ``benchmarks/echo.py``). With
+thread, and at most ``max_reference_s`` (30 s) of reference audio is kept: what the
+capture has passed goes first, then the far end of a reply handed over ahead (an
+``output()`` that returns at once), so what plays next is never lost;
+:meth:`discard_reference` forgets audio that will not play (an interruption). The
+engine adds about 2.8 % of one core to a voice conversation on a small VM (~0.28 ms per
+10 ms frame; ``benchmarks/echo.py``). With
 ``idle_skip_s`` it is skipped while the speaker has been silent that long (the
 microphone then passes unchanged): cheaper, but off by default, because on a real device
 the engine sometimes needed a second to cancel again after such a pause (measured: one
@@ -98,7 +102,7 @@ class EchoCanceller:
         *,
         high_pass_filter: bool = True,
         lead_s: float = 0.04,
-        max_reference_s: float = 2.0,
+        max_reference_s: float = 30.0,
         idle_skip_s: float | None = None,
     ) -> None:
         if sample_rate not in (8000, 16000, 32000, 48000):
@@ -115,9 +119,9 @@ class EchoCanceller:
             raise ConfigurationError(
                 f"idle_skip_s must be None or from 0.5 to 60 s, got {idle_skip_s!r}"
             )
-        if not 0.5 <= max_reference_s <= 30.0:
+        if not 0.5 <= max_reference_s <= 300.0:
             raise ConfigurationError(
-                f"max_reference_s must be from 0.5 to 30 s, got {max_reference_s!r}"
+                f"max_reference_s must be from 0.5 to 300 s, got {max_reference_s!r}"
             )
         try:
             rtc = _import_rtc()
@@ -156,7 +160,7 @@ class EchoCanceller:
                 for process in (self._apm.process_reverse_stream, self._apm.process_stream):
                     process(rtc.AudioFrame(self._silence, sample_rate, 1, self._frame))
         # Written by any thread (append is atomic), drained by the capture thread.
-        self._pending: collections.deque[tuple[float, bytes]] = collections.deque(
+        self._pending: collections.deque[tuple[float, bytes | None]] = collections.deque(
             maxlen=self.MAX_PENDING
         )
         # Capture thread only. Times are sample positions: round(monotonic * rate).
@@ -177,12 +181,18 @@ class EchoCanceller:
         self.idle_frames = 0
         #: Reference chunks whose time disagreed with the timeline by more than JITTER_S.
         self.reference_resyncs = 0
+        #: Reference samples dropped because they lay more than ``max_reference_s``
+        #: ahead of what the speaker plays next (their echo is not cancelled).
+        self.dropped_reference_samples = 0
+        #: :meth:`discard_reference` calls applied.
+        self.reference_discards = 0
 
     # -- introspection ---------------------------------------------------------------------
 
     @classmethod
     def available(cls) -> bool:
-        """``True`` if the engine (``livekit``) can be imported. Cached after the first call."""
+        """``True`` if the engine (``livekit``) can be imported (a successful import is
+        cached; a missing one is tried again on each call)."""
         try:
             _import_rtc()
         except ImportError:
@@ -211,17 +221,33 @@ class EchoCanceller:
         if self.echo_cancellation and pcm:
             self._pending.append((played_at, pcm))
 
+    def discard_reference(self, after: float) -> None:
+        """Forget the reference from ``after`` (a ``time.monotonic()`` instant) on.
+
+        For audio that was handed over ahead but will not play (an interruption cleared
+        the player's buffer): left in place it would make the engine expect an echo that
+        never comes and damp the user's speech. Any thread, O(1); applies in order with
+        :meth:`process_reverse`, so audio handed over afterwards is kept.
+        """
+        if self.echo_cancellation:
+            self._pending.append((after, None))
+
     def _take_pending(self) -> None:
         """Move waiting reference chunks onto the contiguous reference timeline."""
         pending = self._pending
         rate = self.sample_rate
         while pending:
             try:
-                played_at, pcm = pending.popleft()
+                played_at, item = pending.popleft()
             except IndexError:  # pragma: no cover - only this thread pops
                 break
-            pcm = pcm[: len(pcm) - len(pcm) % 2]
             pos = round(played_at * rate)
+            if item is None:  # discard_reference(): nothing plays from ``pos`` on
+                if self._ref_pos is not None:
+                    del self._ref[2 * max(0, pos - self._ref_pos) :]
+                self.reference_discards += 1
+                continue
+            pcm = item[: len(item) - len(item) % 2]
             if self._ref_pos is None:
                 self._ref_pos = pos
                 self._ref[:] = pcm
@@ -232,8 +258,9 @@ class EchoCanceller:
                 late = self._ref_pos - pos
                 if late >= 0:
                     self._ref[:] = pcm[2 * late :]
-                else:
-                    self._ref[:] = bytes(2 * min(-late, self._max_ref)) + pcm
+                else:  # frames before ``pos`` read as silence
+                    self._ref[:] = pcm
+                    self._ref_pos = pos
                 continue
             end = self._ref_pos + len(self._ref) // 2
             gap = pos - end
@@ -248,8 +275,11 @@ class EchoCanceller:
                 self._ref += pcm
             elif gap > 0:
                 self._off_timeline = 0
-                self._ref += bytes(2 * min(gap, self._max_ref)) + pcm  # silence between
                 self.reference_resyncs += 1
+                if gap + len(pcm) // 2 <= self._max_ref:
+                    self._ref += bytes(2 * gap) + pcm  # silence between
+                else:  # too far ahead to hold both: what plays first is kept
+                    self.dropped_reference_samples += len(pcm) // 2
             else:
                 self._off_timeline = 0
                 self.reference_resyncs += 1
@@ -264,8 +294,17 @@ class EchoCanceller:
                     self._ref_pos = pos
         excess = len(self._ref) // 2 - self._max_ref
         if excess > 0 and self._ref_pos is not None:
-            del self._ref[: 2 * excess]
-            self._ref_pos += excess
+            # Samples the capture has passed go first: they will never be fed.
+            if self._render_pos is not None:
+                past = min(excess, max(0, self._render_pos - self._ref_pos))
+                del self._ref[: 2 * past]
+                self._ref_pos += past
+                excess -= past
+            # The rest lies ahead of the speaker (an output() that returns at once hands
+            # over a whole reply): keep what plays next, drop the far end.
+            if excess > 0:
+                del self._ref[len(self._ref) - 2 * excess :]
+                self.dropped_reference_samples += excess
 
     def _reference_frame(self, start: int) -> bytes:
         """The reference samples ``[start, start + frame)``; silence where there are none."""

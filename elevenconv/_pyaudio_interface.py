@@ -16,8 +16,10 @@ Threads and who calls what:
   played meanwhile. A sentinel stops it; it never polls.
 * **PortAudio's output callback** pops the next ready buffer (exactly one device buffer)
   from a deque, or returns pre-made silence. With a reference callback set it also appends
-  what it returns, and when that will be heard, to a bounded deque (O(1)). It never
-  blocks, logs or tears anything down.
+  what it returns, and when that will be heard, to a bounded deque (O(1)). On a
+  playing/not playing transition it calls the playback callback, which must return at
+  once (the Conversation's takes two short locks and puts ``mode_change`` on its events
+  queue). It never waits on the caller, logs itself or tears anything down.
 * **The caller's thread** (the Conversation's) calls :meth:`~DefaultAudioInterface.output`,
   :meth:`~DefaultAudioInterface.interrupt` and the setters; they return at once.
 

@@ -13,9 +13,12 @@ it; the pipeline talks back only through :class:`VoiceHooks`. Both chains (one s
                 '-> post("audio", pcm, id), post("audio_alignment", alignment, id)
             pause > RESAMPLER_TAIL_FLUSH_S -> decoder.flush() -> output()
             on_interruption()/interrupt_playback()/silence(): flag + wake -> iface.interrupt()
+                (tapped reference not yet played: EchoCanceller.discard_reference(now))
             stop(drain=True): tail, iface.wait_until_drained(AGENT_END_DRAIN_S); finally stop()
 
   CAPTURE   device thread: input_callback(pcm) -> ring (MIC_RING_BYTES; drop oldest), O(1)
+            (DefaultAudioInterface: PortAudio callback -> its queue -> [elevenconv-mic],
+            which first hands over the speaker reference its output callback recorded)
             [elevenconv-capture]  split to MAX_MIC_CHUNK_BYTES
                 -> EchoCanceller.process_capture (reference: device capability or the tap)
                 -> mute / echo guard (silence of the same length: the stream keeps going)
@@ -26,8 +29,10 @@ Rules this module keeps (issue 8, point 5):
 
 * Only the ``elevenconv-audio`` thread calls ``output()``, ``interrupt()``,
   ``wait_until_drained()`` and ``stop()`` (exceptions: ``silence()`` calls ``interrupt()``
-  itself while that thread waits in ``wait_until_drained()``, and ``start_device()`` calls
-  ``stop()`` when ``start()`` failed or ``stop()`` came meanwhile). So no lock
+  itself while that thread waits in ``wait_until_drained()``; ``start_device()`` calls
+  ``stop()`` when ``start()`` failed or ``stop()`` came meanwhile; and a failing
+  ``interrupt()`` in ``silence()`` that reaches the give-up count stops the device on the
+  caller's thread). So no lock
   is ever held across a device call, and the reader's :meth:`~VoicePipeline.feed` and
   :meth:`~VoicePipeline.on_interruption` only set flags and put on a queue: they never wait
   for the device.
@@ -217,9 +222,10 @@ class VoicePipeline:
         available = wanted and echo_canceller_available()
         if required and not available:
             what = "echo_cancellation=True" if echo_cancellation else "noise_suppression=True"
+            instead = "echo_cancellation=None" if echo_cancellation else "noise_suppression=False"
             raise ImportError(
                 f"{what} needs WebRTC audio processing (the livekit package): "
-                f"{_AUDIO_EXTRA_HINT}, or pass echo_cancellation=False"
+                f"{_AUDIO_EXTRA_HINT}, or pass {instead}"
             )
         self._use_canceller = available
         #: Why echo cancellation is off (for the INFO log), ``None`` when it is on.
@@ -330,7 +336,8 @@ class VoicePipeline:
                         "set_playback_reference_callback", set_reference, self._on_reference
                     )
                 self._log.info(
-                    "echo cancellation on: %s; reference from %s",
+                    "%s on: %s; reference from %s",
+                    "echo cancellation" if self._aec else "noise suppression",
                     self._canceller.description,
                     "the device's playback" if self._device_reports_reference else "output()",
                 )
@@ -546,6 +553,10 @@ class VoicePipeline:
     def _interrupt_device(self) -> None:
         if self._decoder is not None:
             self._decoder.reset()
+        canceller = self._canceller
+        if canceller is not None and not self._device_reports_reference and self._tap_until:
+            # The tap handed the reply over ahead of its playing; the rest will not play.
+            canceller.discard_reference(time.monotonic())
         self._tap_until = 0.0
         self._guarded("interrupt", self.iface.interrupt)
 
@@ -764,7 +775,8 @@ class VoicePipeline:
     # ==================================================================================
 
     def _on_reference(self, pcm: bytes, played_at: float) -> None:
-        """The device's played-audio capability (a PortAudio callback): O(1)."""
+        """The device's played-audio capability (DefaultAudioInterface: its
+        ``elevenconv-mic`` thread, before each microphone chunk): O(1)."""
         canceller = self._canceller
         if canceller is not None:
             canceller.process_reverse(pcm, played_at)
@@ -818,7 +830,7 @@ class VoicePipeline:
                 while not ring and not self._capture_stop:
                     cond.wait()
                 if self._capture_stop:
-                    return
+                    break
                 chunk, first_at = ring.popleft()
                 self._ring_bytes -= len(chunk)
                 drops = self._ring_dropped
@@ -854,6 +866,12 @@ class VoicePipeline:
                         self._hooks.post("error", error)
                 else:
                     failures = 0
+        canceller = self._canceller
+        if canceller is not None:  # the engine's memory goes now, not at collection
+            try:
+                canceller.close()
+            except Exception:
+                self._log.debug("closing the echo canceller failed", exc_info=True)
 
     def _capture(self, pcm: bytes, captured_at: float) -> None:
         """One piece (<= MAX_MIC_CHUNK_BYTES): cancel echo, mute/guard, encode, send."""

@@ -1410,7 +1410,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="turn off echo cancellation (default: on in voice mode when installed); "
         "use it with headphones: with no echo to learn from, the canceller cuts your "
-        "speech over the agent's during its first 10-15 s of speech",
+        "speech over the agent's by over 8 dB until it has heard ~15 s of the agent",
     )
     audio.add_argument("--input-device", type=int, help="PortAudio input device index")
     audio.add_argument("--output-device", type=int, help="PortAudio output device index")

@@ -11,7 +11,9 @@ Ctrl+C ends the conversation cleanly. Needs the ``audio`` extra for the sound de
 Loudspeakers work: with the ``audio`` extra, echo cancellation (WebRTC's AEC3, through
 ``livekit``) removes the agent's voice from the microphone, so it does not interrupt
 itself and you can still barge in (the README's Audio section has the measurements).
-``--no-echo-cancellation`` turns it off (headphones need none); ``--echo-guard`` is the
+``--no-echo-cancellation`` turns it off: do that with headphones (with no echo to learn
+from, the canceller damps your speech over the agent's for its first seconds, measured
+in the test suite); ``--echo-guard`` is the
 half-duplex fallback (the microphone sends silence while the agent speaks).
 """
 
@@ -45,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-echo-cancellation",
         action="store_true",
-        help="turn echo cancellation off (on by default when installed; headphones need none)",
+        help="turn echo cancellation off (on by default when installed); use it with headphones",
     )
     parser.add_argument(
         "--echo-guard",

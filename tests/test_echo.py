@@ -184,6 +184,80 @@ def test_echo_is_cancelled_with_a_custom_interfaces_coarse_reference() -> None:
     assert db(rms(mic[2 * RATE :]) / rms(result[2 * RATE :])) >= 25
 
 
+def test_echo_is_cancelled_when_a_whole_reply_is_handed_over_ahead() -> None:
+    # A custom interface whose output() returns at once (the official SDKs' contract):
+    # the pipeline's tap hands the whole reply over before it plays. The canceller must
+    # keep what plays next, not trim it as if it were old.
+    far = as_array(speech_like(8, seed=2))
+    mic = room_echo(far, 120, -9)
+    canceller = EchoCanceller()
+    for start in range(0, len(far), 800):
+        canceller.process_reverse(
+            far[start : start + 800].astype("<i2").tobytes(), T0 + start / RATE
+        )
+    out = [
+        canceller.process_capture(
+            mic[start : start + MIC_CHUNK].astype("<i2").tobytes(), T0 + start / RATE
+        )
+        for start in range(0, len(mic), MIC_CHUNK)
+    ]
+    result = as_array(b"".join(out))
+    assert db(rms(mic[RATE:]) / rms(result[RATE:])) >= 25
+    assert canceller.dropped_reference_samples == 0
+
+
+def test_a_reference_beyond_the_bound_is_dropped_from_the_far_end_and_counted() -> None:
+    canceller = EchoCanceller(max_reference_s=1.0)
+    chunk = as_array(speech_like(0.05, seed=5)).astype("<i2").tobytes()
+    for i in range(60):  # 3 s handed over ahead of the capture
+        canceller.process_reverse(chunk, T0 + i * 0.05)
+    canceller.process_capture(bytes(2 * 160), T0)
+    assert len(canceller._ref) // 2 <= RATE
+    assert (
+        canceller._ref_pos is not None and canceller._ref_pos - T0 * RATE <= 0.1 * RATE
+    )  # the first 3 s kept
+    assert canceller.dropped_reference_samples == 2 * RATE  # the last 2 s, not the first
+
+
+def test_discarded_reference_reads_as_silence_and_later_audio_is_kept() -> None:
+    canceller = EchoCanceller()
+    chunk = as_array(speech_like(0.05, seed=5)).astype("<i2").tobytes()
+    for i in range(60):  # 3 s handed over ahead; an interruption at 1 s
+        canceller.process_reverse(chunk, T0 + i * 0.05)
+    canceller.discard_reference(T0 + 1.0)
+    canceller.process_reverse(chunk, T0 + 2.0)  # the next reply, handed over afterwards
+    silence = bytes(2 * 160)
+    for i in range(300):  # 3 s of capture, 10 ms at a time
+        canceller.process_capture(silence, T0 + i * 0.01)
+    assert canceller.reference_discards == 1
+    # Of the 300 frames fed: 1-2 s and 2.05-3 s are silent, the rest is sound.
+    assert 190 <= canceller.silent_reference_frames <= 200
+
+
+def test_a_reply_far_ahead_after_a_pause_is_placed_by_its_time() -> None:
+    # The speaker went quiet (all reference fed); the next reply is handed over whole,
+    # further ahead than max_reference_s: it must sit at its time, not at the bound.
+    burst = as_array(speech_like(2, seed=3))
+    second = as_array(speech_like(0.5, seed=4))
+    far = np.concatenate([burst, np.zeros(5 * RATE), second])
+    mic = room_echo(far, 120, -9)
+    canceller = EchoCanceller(max_reference_s=0.5)
+    out = []
+    for start in range(0, len(mic), MIC_CHUNK):
+        if start < len(burst):  # just ahead of the capture, as a device reports it
+            ref = far[start : start + MIC_CHUNK].astype("<i2").tobytes()
+            canceller.process_reverse(ref, T0 + start / RATE)
+        elif start == 3 * RATE:  # 4 s before it plays
+            for r in range(7 * RATE, len(far), 800):
+                canceller.process_reverse(far[r : r + 800].astype("<i2").tobytes(), T0 + r / RATE)
+        chunk = mic[start : start + MIC_CHUNK].astype("<i2").tobytes()
+        out.append(canceller.process_capture(chunk, T0 + start / RATE))
+    result = as_array(b"".join(out))
+    result = np.concatenate([result[160:], np.zeros(160)])
+    window = slice(int(7.1 * RATE), int(7.5 * RATE))
+    assert db(rms(mic[window]) / rms(result[window])) >= 25
+
+
 def test_engine_rests_while_the_speaker_is_idle_and_resumes_converged() -> None:
     burst = as_array(speech_like(4, seed=1))
     pause = np.zeros(3 * RATE)

@@ -666,6 +666,8 @@ class FakeCanceller:
         self.args = (sample_rate, echo_cancellation, noise_suppression)
         self.reverse: list[tuple[bytes, float]] = []
         self.capture: list[tuple[bytes, float]] = []
+        self.discards: list[float] = []
+        self.closed = 0
         self.description = "fake canceller"
         FakeCanceller.instances.append(self)
 
@@ -679,6 +681,12 @@ class FakeCanceller:
     def process_capture(self, pcm: bytes, captured_at: float) -> bytes:
         self.capture.append((pcm, captured_at))
         return pcm_of(7, len(pcm) / 32000)
+
+    def discard_reference(self, after: float) -> None:
+        self.discards.append(after)
+
+    def close(self) -> None:
+        self.closed += 1
 
 
 @pytest.fixture
@@ -715,6 +723,30 @@ def test_the_canceller_gets_what_output_was_given_after_gain_and_cleans_the_mic(
     assert [pcm for pcm, _ in canceller.capture] == [pcm_of(3, 0.1)] * 2  # muted ones too
     assert [chunk for chunk, _ in hooks.sent] == [bytes(3200), pcm_of(7, 0.1)]
     assert any("echo cancellation on: fake canceller" in r.getMessage() for r in caplog.records)
+    assert canceller.closed == 1  # by the capture thread as it exits
+
+
+@pytest.mark.timeout(30)
+def test_an_interruption_discards_the_tapped_reference_that_will_not_play(
+    fake_canceller: type[FakeCanceller],
+) -> None:
+    pipeline, device, hooks = make(echo_cancellation=True)
+    with running(pipeline):
+        pipeline.on_interruption()  # nothing handed over yet: nothing to discard
+        device.wait_for(lambda: device.count("interrupt") == 1)
+        pipeline.feed(audio_event(pcm_of(1000, 1.0)))  # output() returns at once
+        device.wait_for(lambda: len(device.outputs) == 1)
+        before = time.monotonic()
+        hooks.watermark = 2
+        pipeline.on_interruption()
+        device.wait_for(lambda: device.count("interrupt") == 2)
+        pipeline.feed(audio_event(pcm_of(1000, 0.05), event_id=2))
+        device.wait_for(lambda: len(device.outputs) == 2)
+    (canceller,) = fake_canceller.instances
+    (discarded_after,) = canceller.discards
+    assert before <= discarded_after < canceller.reverse[0][1] + 1.0  # the unplayed rest
+    # The next reply's reference starts anew, from the time it was handed over.
+    assert canceller.reverse[1][1] >= discarded_after
 
 
 class ReferenceDevice(FakeDevice):
