@@ -117,6 +117,21 @@ class Room:
         ]
         return as_array(b"".join(chunks))
 
+    def barge_in(self) -> tuple[float, float]:
+        """Speak :data:`USER` into the microphone bus; wait for the interruption.
+
+        Returns when it reached the Conversation and how long after the speech's onset.
+        """
+        from elevenconv.testing._sim_audio import speech_pcm16k
+
+        user = speech_pcm16k(USER, "auto")
+        samples = np.abs(as_array(user))
+        first_voiced = int(np.argmax(samples > 0.05 * samples.max())) / 16000
+        with play_into_mic(user) as playback:
+            interrupted = self.interruptions.get(timeout=scaled(10))
+            playback.wait(scaled(10))
+        return interrupted, interrupted - (playback.started_at + first_voiced)
+
     @property
     def server_interruptions(self) -> list[int]:
         return list(self.sim.sessions[0].interruptions)
@@ -179,26 +194,17 @@ def test_with_echo_cancellation_long_replies_play_out_and_the_echo_is_gone(
 def test_with_echo_cancellation_user_speech_still_barges_in_within_a_second(
     room: Callable[..., Room],
 ) -> None:
-    from elevenconv.testing._sim_audio import speech_pcm16k
-
     r = room(echo_cancellation=True)
     r.wait_mode("speaking", 15)
     for _ in range(12):  # 3 s into the reply (0.25 s chunks, paced in real time)
         r.audio.get(timeout=scaled(10))
-    user = speech_pcm16k(USER, "auto")
-    samples = np.abs(as_array(user))
-    first_voiced = int(np.argmax(samples > 0.05 * samples.max())) / 16000
-    with play_into_mic(user) as playback:
-        interrupted = r.interruptions.get(timeout=scaled(10))
-        playback.wait(scaled(10))
-    onset = playback.started_at + first_voiced
-    delay = interrupted - onset
+    _, delay = r.barge_in()
     print(f"\n[AEC] barge-in {delay:.2f} s after speech onset")
     assert len(r.server_interruptions) == 1
     assert 0.0 < delay <= 1.0
 
 
-def test_a_custom_interface_without_capabilities_fed_ahead_still_cancels_the_echo(
+def test_a_custom_interface_without_the_played_audio_fed_ahead_still_cancels_the_echo(
     room: Callable[..., Room],
 ) -> None:
     # The server sends the reply 4x faster than real time, a non-blocking output() takes
@@ -217,21 +223,13 @@ def test_a_custom_interface_without_capabilities_fed_ahead_still_cancels_the_ech
 def test_a_custom_interface_fed_ahead_still_hears_the_user_barge_in(
     room: Callable[..., Room],
 ) -> None:
-    from elevenconv.testing._sim_audio import speech_pcm16k
-
     # At 2x the reply (11 s) is sent in 5.6 s: 3 s in, the server still speaks and 3 s
     # more than has played is handed over.
     r = room(echo_cancellation=True, plain=True, realtime_factor=2.0)
     speaking = r.wait_mode("speaking", 15)
     with pytest.raises(queue.Empty):  # no self-interruption in the first 3 s
         r.interruptions.get(timeout=max(0.0, speaking + 3.0 - time.monotonic()))
-    user = speech_pcm16k(USER, "auto")
-    samples = np.abs(as_array(user))
-    first_voiced = int(np.argmax(samples > 0.05 * samples.max())) / 16000
-    with play_into_mic(user) as playback:
-        interrupted = r.interruptions.get(timeout=scaled(10))
-        playback.wait(scaled(10))
-    delay = interrupted - (playback.started_at + first_voiced)
+    interrupted, delay = r.barge_in()
     # The rest of the reply never plays: its reference is forgotten, so the user's
     # words after the interruption reach the server whole and end as a user turn.
     turn = r.user_turns.get(timeout=scaled(10))
